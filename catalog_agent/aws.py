@@ -1,0 +1,78 @@
+"""botocore clients built from the configuration, and botocore errors turned into agent errors."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from catalog_agent.errors import AccessError, AgentError, TransferError
+
+if TYPE_CHECKING:
+    from catalog_agent.config import Config
+
+ACCESS_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
+                "InvalidToken", "AllAccessDisabled", "AccountProblem", "InvalidClientTokenId",
+                "UnrecognizedClientException", "403", "Forbidden"}
+REGION_CODES = {"PermanentRedirect", "AuthorizationHeaderMalformed", "IllegalLocationConstraintException"}
+
+
+def s3_client(config: Config, *, pool_size: int) -> Any:
+    """One S3 client for the whole command: thread-safe, with a pool sized to the workers."""
+    from botocore.config import Config as BotoConfig
+
+    from catalog_agent.credentials import make_session
+
+    session = make_session(config)
+    boto_config = BotoConfig(
+        region_name=config.region,
+        retries={"mode": config.retry_mode, "max_attempts": config.max_attempts},
+        max_pool_connections=pool_size,
+        s3={"addressing_style": config.addressing_style},
+        connect_timeout=10,
+        read_timeout=60,
+        tcp_keepalive=True,
+        user_agent_extra="catalog-agent",
+    )
+    verify: bool | str = config.ca_bundle or config.verify_tls
+    return session.create_client("s3", endpoint_url=config.endpoint_url or None,
+                                 verify=verify, config=boto_config)
+
+
+def translate(exc: BaseException, what: str, *, bucket: str = "") -> AgentError:
+    """One clear agent error for a botocore failure; ``what`` names the operation and key."""
+    from botocore import exceptions as bx
+
+    if isinstance(exc, AgentError):
+        return exc
+    if isinstance(exc, (bx.NoCredentialsError, bx.PartialCredentialsError)):
+        return AccessError(f"no AWS credentials found while trying to {what}",
+                           hint="give the pod an IRSA role, or set use_credentials/aws_profile")
+    if isinstance(exc, bx.CredentialRetrievalError) or type(exc).__name__ == "CredentialRetrievalError":
+        return AccessError(f"could not obtain AWS credentials while trying to {what}: "
+                           f"{_short(exc)}")
+    if isinstance(exc, bx.ClientError):
+        error = exc.response.get("Error", {})
+        code = str(error.get("Code", "")) or str(
+            exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+        message = _short(error.get("Message", "")) or code
+        if code in ACCESS_CODES:
+            return AccessError(f"access denied to {what}: {code}: {message}",
+                               hint="check the role's policy for this bucket and prefix")
+        if code == "NoSuchBucket":
+            return AccessError(f"no such bucket {bucket!r} ({what})")
+        if code in REGION_CODES:
+            return AccessError(f"wrong region for bucket {bucket!r} ({what}): {code}",
+                               hint="set region to the bucket's region")
+        return TransferError(f"{what} failed: {code}: {message}")
+    if isinstance(exc, (bx.EndpointConnectionError, bx.ConnectionClosedError,
+                        bx.ReadTimeoutError, bx.ConnectTimeoutError)):
+        return TransferError(f"{what} failed after retries: {_short(exc)}")
+    if isinstance(exc, bx.BotoCoreError):
+        return TransferError(f"{what} failed: {_short(exc)}")
+    if isinstance(exc, OSError):
+        return TransferError(f"{what} failed: {exc.strerror or exc}")
+    return TransferError(f"{what} failed: {type(exc).__name__}: {_short(exc)}")
+
+
+def _short(exc: Any) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= 300 else text[:297] + "..."

@@ -1,0 +1,223 @@
+"""The command line: every configuration key is a flag and a CATALOG_AGENT_* variable.
+
+This module parses, wires and reports; the work is in :mod:`catalog_agent.commands`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from typing import Any, Callable
+
+import click
+
+from catalog_agent import __version__
+from catalog_agent.config import KEYS, Config, describe, load
+from catalog_agent.errors import EXIT_CODES, EXIT_INTERNAL, EXIT_INTERRUPTED, AgentError
+from catalog_agent.record import write_termination_message
+
+EPILOG = "\b\nExit codes:\n" + "\n".join(f"  {code:>3}  {text}" for code, text in EXIT_CODES.items())
+
+
+def _key_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Add --config and one flag per configuration key (its variable is named in the help)."""
+    for spec in reversed(list(KEYS.values())):
+        if not spec.flag:
+            continue
+        help_text = f"{spec.help} [env {spec.env}]"
+        if spec.kind == "bool":
+            negative = "--no-" + spec.name.replace("_", "-")
+            option = click.option(f"{spec.flag_name}/{negative}", spec.name, default=None,
+                                  help=help_text)
+        else:
+            option = click.option(spec.flag_name, spec.name, default=None, metavar="TEXT"
+                                  if spec.kind != "choice" else "|".join(c or "''" for c in
+                                                                         spec.choices),
+                                  help=help_text)
+        func = option(func)
+    return click.option("--config", "config_path", default=None, metavar="FILE",
+                        help="Config file [env CATALOG_AGENT_CONFIG; default "
+                             "/etc/catalog-agent/config.yaml]")(func)
+
+
+def _split(kwargs: dict[str, Any]) -> tuple[str | None, dict[str, Any], dict[str, Any]]:
+    """(config path, key flags, the command's own options)."""
+    config_path = kwargs.pop("config_path", None)
+    flags = {k: kwargs.pop(k) for k in list(kwargs) if k in KEYS}
+    return config_path, flags, kwargs
+
+
+def _early_logging(flags: dict[str, Any]) -> None:
+    """Logging before the configuration is valid: so that a config error is logged properly."""
+    from catalog_agent.logs import configure
+
+    fmt = flags.get("log_format") or os.environ.get("CATALOG_AGENT_LOG_FORMAT", "auto")
+    level = flags.get("log_level") or os.environ.get("CATALOG_AGENT_LOG_LEVEL", "info")
+    configure(fmt=fmt if fmt in {"auto", "json", "console"} else "auto",
+              level=level if level in {"debug", "info", "warning", "error"} else "info")
+
+
+def run(command: str, body: Callable[[Config, threading.Event], dict[str, Any] | None],
+        config_path: str | None, flags: dict[str, Any]) -> None:
+    """Load the configuration, run ``body``, log its summary, exit with the documented code."""
+    from catalog_agent import logs
+    from catalog_agent.credentials import secret_values
+
+    _early_logging(flags)
+    logs.bind(command=command, run_id=flags.get("run_id") or os.environ.get(
+        "CATALOG_AGENT_RUN_ID", ""), step=flags.get("step") or os.environ.get(
+        "CATALOG_AGENT_STEP", ""))
+    log = logs.get_logger()
+    cancel = threading.Event()
+    started = time.monotonic()
+    summary: dict[str, Any] = {"command": command}
+    code = 0
+    try:
+        config = load(config_path=config_path, flags=flags)
+        logs.configure(fmt=config.log_format, level=config.log_level,
+                       secrets=secret_values(config))
+        logs.bind(run_id=config.run_id, step=config.step)
+        _on_signals(cancel)
+        summary = body(config, cancel) or summary
+        log.info(f"{command}.done", **{k: v for k, v in summary.items() if k != "command"})
+    except AgentError as exc:
+        code = exc.exit_code
+        summary["error"] = str(exc)
+        log.error(str(exc), error_kind=exc.kind, exit_code=code)
+    except KeyboardInterrupt:
+        code = EXIT_INTERRUPTED
+        summary["error"] = "interrupted"
+        log.error("interrupted", exit_code=code)
+    except Exception as exc:  # noqa: BLE001 - no traceback for users; the type says where
+        code = EXIT_INTERNAL
+        summary["error"] = f"internal error: {type(exc).__name__}: {exc}"
+        log.error(summary["error"], exit_code=code)
+        if os.environ.get("CATALOG_AGENT_DEBUG"):
+            raise
+    summary["exit_code"] = code
+    summary.setdefault("seconds", round(time.monotonic() - started, 3))
+    write_termination_message(summary)
+    sys.exit(code)
+
+
+def _on_signals(cancel: threading.Event) -> None:
+    """SIGTERM and SIGINT stop the transfer cleanly: in-flight work aborts, nothing partial stays."""
+    def handler(signum: int, _frame: Any) -> None:
+        cancel.set()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+
+@click.group(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"],
+                                               "max_content_width": 100})
+@click.version_option(__version__, prog_name="catalog-agent")
+def main() -> None:
+    """Move a pipeline step's files through an S3 data catalog.
+
+    \b
+    get   fetch the step's inputs from s3://<bucket>/<prefix>/<run_id>/ (init container)
+    put   store the step's outputs there after the step (post-step container)
+    """
+
+
+@main.command(epilog=EPILOG)
+@click.argument("patterns", nargs=-1)
+@click.option("--record", metavar="FILE", help="Write what was moved, in manifest fields.")
+@_key_options
+def get(**kwargs: Any) -> None:
+    """Fetch files matching PATTERNS (or the step's get list) into the data folder."""
+    from catalog_agent import commands
+
+    config_path, flags, own = _split(kwargs)
+    run("get", lambda config, cancel: commands.get(config, own["patterns"],
+                                                   record=own["record"], cancel=cancel),
+        config_path, flags)
+
+
+@main.command(epilog=EPILOG)
+@click.argument("patterns", nargs=-1)
+@click.option("--record", metavar="FILE", help="Write what was moved, in manifest fields.")
+@_key_options
+def put(**kwargs: Any) -> None:
+    """Store files matching PATTERNS (or the step's put list) and write the step manifest."""
+    from catalog_agent import commands
+
+    config_path, flags, own = _split(kwargs)
+    run("put", lambda config, cancel: commands.put(config, own["patterns"],
+                                                   record=own["record"], cancel=cancel),
+        config_path, flags)
+
+
+@main.command(epilog=EPILOG)
+@click.option("--from-run", required=True, help="Run whose catalog is copied into --run-id.")
+@_key_options
+def sync(**kwargs: Any) -> None:
+    """Copy a previous run's catalog into this run, server-side (for re-runs)."""
+    from catalog_agent import commands
+
+    config_path, flags, own = _split(kwargs)
+    run("sync", lambda config, cancel: commands.sync(config, own["from_run"], cancel=cancel),
+        config_path, flags)
+
+
+@main.command(epilog=EPILOG)
+@click.argument("patterns", nargs=-1)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@_key_options
+def ls(**kwargs: Any) -> None:
+    """List a run's files with size, SHA-256 and the step that put them."""
+    from catalog_agent import commands
+
+    config_path, flags, own = _split(kwargs)
+
+    def body(config: Config, _cancel: threading.Event) -> dict[str, Any]:
+        rows = commands.ls(config, own["patterns"])
+        for row in rows:
+            if own["as_json"]:
+                click.echo(json.dumps(row, ensure_ascii=False))
+            else:
+                click.echo(f"{row['size']:>12}  {row['sha256'][:16] or '-':<16}  "
+                           f"{row['step'] or '-':<16}  {row['path']}")
+        return {"command": "ls", "files": len(rows), "bytes": sum(r["size"] for r in rows)}
+
+    run("ls", body, config_path, flags)
+
+
+@main.command("config", epilog=EPILOG)
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@_key_options
+def config_command(**kwargs: Any) -> None:
+    """Print the effective configuration and where each value came from (no secrets)."""
+    config_path, flags, own = _split(kwargs)
+
+    def body(config: Config, _cancel: threading.Event) -> dict[str, Any]:
+        rows = describe(config)
+        if own["as_json"]:
+            click.echo(json.dumps({k: {"value": v, "source": s} for k, v, s in rows}, indent=1))
+        else:
+            width = max(len(k) for k, _, _ in rows)
+            for key, value, source in rows:
+                click.echo(f"{key:<{width}}  {value or '-':<40}  {source}")
+        return {"command": "config"}
+
+    run("config", body, config_path, flags)
+
+
+@main.command(epilog=EPILOG)
+@click.option("--keep", is_flag=True, help="Keep the server's folder and print where it is.")
+def demo(keep: bool) -> None:
+    """Run a two-step pipeline against an embedded local S3 server (SeaweedFS)."""
+    from catalog_agent.demo import run_demo
+
+    try:
+        sys.exit(run_demo(keep=keep))
+    except AgentError as exc:
+        click.echo(f"demo failed: {exc}", err=True)
+        sys.exit(exc.exit_code)
+

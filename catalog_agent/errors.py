@@ -1,0 +1,83 @@
+"""Errors as types: each carries the exit code the README documents.
+
+The CLI turns any AgentError into one log line and its exit code, never a traceback.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_INTERNAL = 1
+EXIT_USAGE = 2
+EXIT_NO_MATCH = 3
+EXIT_ACCESS = 4
+EXIT_TRANSFER = 5
+EXIT_INTEGRITY = 6
+EXIT_INTERRUPTED = 143
+
+EXIT_CODES: dict[int, str] = {
+    EXIT_OK: "done",
+    EXIT_INTERNAL: "unexpected internal error (a bug: please report it)",
+    EXIT_USAGE: "usage or configuration error",
+    EXIT_NO_MATCH: "a pattern matched nothing",
+    EXIT_ACCESS: "credentials or access (no credentials, AccessDenied, no such bucket)",
+    EXIT_TRANSFER: "transfer failed after retries",
+    EXIT_INTEGRITY: "integrity or safety violation (hash mismatch, unsafe key or link)",
+    EXIT_INTERRUPTED: "stopped by SIGTERM or SIGINT before finishing (nothing partial left)",
+}
+
+
+class AgentError(Exception):
+    """Base of every error the agent reports to its user."""
+
+    exit_code: int = 1
+    kind: str = "error"
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message if not self.hint else f"{self.message} (hint: {self.hint})"
+
+
+class ConfigError(AgentError):
+    """The configuration, a flag or an argument is invalid."""
+
+    exit_code = EXIT_USAGE
+    kind = "config"
+
+
+class NoMatchError(AgentError):
+    """A get or put pattern matched nothing."""
+
+    exit_code = EXIT_NO_MATCH
+    kind = "no-match"
+
+
+class AccessError(AgentError):
+    """Credentials are missing or the store refused access."""
+
+    exit_code = EXIT_ACCESS
+    kind = "access"
+
+
+class TransferError(AgentError):
+    """A transfer failed after its retries."""
+
+    exit_code = EXIT_TRANSFER
+    kind = "transfer"
+
+
+class IntegrityError(AgentError):
+    """A hash did not match, or a key, path or link is unsafe."""
+
+    exit_code = EXIT_INTEGRITY
+    kind = "integrity"
+
+
+class Interrupted(AgentError):
+    """SIGTERM or SIGINT arrived before the command finished."""
+
+    exit_code = EXIT_INTERRUPTED
+    kind = "interrupted"

@@ -1,0 +1,141 @@
+"""Plans: which files move where, with which hashes, decided without touching the network.
+
+The I/O shell gathers facts (the local folder's entries and hashes, the run's catalog state);
+the functions here turn them into a plan or a clear error, before a single byte is written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+from catalog_agent.errors import IntegrityError, NoMatchError
+from catalog_agent.keys import unsafe_reason
+from catalog_agent.local import FILE, UNSAFE_LINKS, LocalEntry
+from catalog_agent.patterns import Pattern
+from catalog_agent.run_state import RunState
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A matched path that will not move, and why (logged as a warning)."""
+
+    relative: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class PutItem:
+    relative: str
+    source: Path
+    key: str
+    size: int
+    sha256: str
+    executable: bool
+    unchanged: bool  # the catalog already holds these bytes under this key
+
+
+@dataclass(frozen=True)
+class GetItem:
+    relative: str
+    key: str
+    size: int
+    expected_sha256: str | None  # None: stored by another tool, fetched unverified
+    executable: bool
+    unchanged: bool = False  # already present locally with the expected hash
+
+
+@dataclass(frozen=True)
+class CopyItem:
+    source_key: str
+    target_key: str
+    size: int
+
+
+def _select(paths: Iterable[str], patterns: list[Pattern], *, allow_missing: bool,
+            where: str) -> list[str]:
+    """Paths matched by any pattern, in order; a pattern matching nothing is an error."""
+    paths = list(paths)
+    chosen: dict[str, None] = {}
+    for pattern in patterns:
+        matched = [p for p in paths if pattern.matches(p)]
+        if not matched and not allow_missing:
+            raise NoMatchError(f"pattern {pattern.text!r} matched nothing in {where}")
+        chosen.update(dict.fromkeys(matched))
+    return list(chosen)
+
+
+def select_put(entries: list[LocalEntry], patterns: list[Pattern], *, allow_missing: bool,
+               strict_links: bool, where: str) -> tuple[list[LocalEntry], list[Skipped]]:
+    """The regular files to put, and the matched entries that must be skipped."""
+    by_path = {e.relative: e for e in entries}
+    files: list[LocalEntry] = []
+    skipped: list[Skipped] = []
+    for relative in _select(by_path, patterns, allow_missing=allow_missing, where=where):
+        entry = by_path[relative]
+        if entry.kind in UNSAFE_LINKS and strict_links:
+            raise IntegrityError(f"refusing to put {relative!r}: {entry.kind}")
+        reason = unsafe_reason(relative)
+        if entry.kind != FILE:
+            skipped.append(Skipped(relative, entry.kind))
+        elif reason:
+            skipped.append(Skipped(relative, f"name not storable as a key: {reason}"))
+        else:
+            files.append(entry)
+    return files, skipped
+
+
+def plan_put(files: list[tuple[LocalEntry, str]], state: RunState) -> list[PutItem]:
+    """Upload items for hashed files; those the catalog already holds are marked unchanged."""
+    items = []
+    for entry, sha256 in files:
+        stored = state.objects.get(entry.relative)
+        unchanged = (stored is not None and stored.size == entry.size
+                     and state.catalog_sha256(entry.relative) == sha256)
+        items.append(PutItem(entry.relative, entry.path, state.run_prefix + entry.relative,
+                             entry.size, sha256, entry.executable, unchanged))
+    return items
+
+
+def select_get(state: RunState, patterns: list[Pattern], *, allow_missing: bool,
+               where: str) -> list[GetItem]:
+    """What a get fetches; any matched key that could leave the data folder stops it (exit 6)."""
+    chosen = _select(state.objects, patterns, allow_missing=allow_missing, where=where)
+    items = []
+    for relative in chosen:
+        obj = state.objects[relative]
+        reason = unsafe_reason(relative)
+        if reason:
+            raise IntegrityError(f"refusing key {obj.key!r}: {reason}; nothing was written")
+        record = state.recorded.get(relative)
+        items.append(GetItem(relative, obj.key, obj.size,
+                             record.sha256 if record else obj.sha256,
+                             record.executable if record else obj.executable))
+    return items
+
+
+def plan_get(items: list[GetItem], local_sha256: Callable[[str, int], str | None]) -> list[GetItem]:
+    """Mark items whose local copy already has the expected hash (resume, not restart).
+
+    ``local_sha256(relative, size)`` returns the local file's hash, or None when it is absent
+    or of another size (so that no file is hashed in vain).
+    """
+    planned = []
+    for item in items:
+        unchanged = (item.expected_sha256 is not None
+                     and local_sha256(item.relative, item.size) == item.expected_sha256)
+        planned.append(GetItem(item.relative, item.key, item.size, item.expected_sha256,
+                               item.executable, unchanged))
+    return planned
+
+
+def plan_sync(source: RunState, target_prefix: str) -> list[CopyItem]:
+    """Server-side copies of every data object of one run into another run."""
+    items = []
+    for relative, obj in sorted(source.objects.items()):
+        reason = unsafe_reason(relative)
+        if reason:
+            raise IntegrityError(f"refusing to copy key {obj.key!r}: {reason}")
+        items.append(CopyItem(obj.key, target_prefix + relative, obj.size))
+    return items

@@ -1,0 +1,53 @@
+"""The record a command leaves: the termination message and the ``--record`` file.
+
+The termination message is what ``kubectl describe pod`` shows: a JSON summary of at most
+4 KiB, written to /dev/termination-log (or CATALOG_AGENT_TERMINATION_LOG) when writable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Iterable
+
+from catalog_agent.manifest import Entry
+
+TERMINATION_LOG = "/dev/termination-log"
+MAX_TERMINATION_BYTES = 4096
+
+
+def termination_message(summary: dict[str, Any]) -> bytes:
+    """``summary`` as compact JSON, its error shortened until the whole fits in 4 KiB."""
+    data = dict(summary)
+    encoded = json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    while len(encoded) > MAX_TERMINATION_BYTES and data.get("error"):
+        error = str(data["error"])
+        data["error"] = error[: max(0, len(error) - (len(encoded) - MAX_TERMINATION_BYTES) - 4)] + "..."
+        encoded = json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    if len(encoded) > MAX_TERMINATION_BYTES:
+        slim = {k: data[k] for k in ("command", "exit_code") if k in data}
+        encoded = json.dumps(slim, separators=(",", ":")).encode("utf-8")
+    return encoded
+
+
+def write_termination_message(summary: dict[str, Any], path: str | None = None) -> bool:
+    """Write the message; a path that is not writable is ignored (outside Kubernetes)."""
+    path = path or os.environ.get("CATALOG_AGENT_TERMINATION_LOG") or TERMINATION_LOG
+    try:
+        with open(path, "wb") as handle:
+            handle.write(termination_message(summary))
+    except OSError:
+        return False
+    return True
+
+
+def write_record(path: str, entries: Iterable[Entry], *, command: str, run_id: str,
+                 step: str) -> None:
+    """The ``--record`` file: what this get or put moved, in manifest fields, atomically."""
+    from catalog_agent.manifest import document, encode
+
+    doc = document(entries, run_id=run_id, step=step, command=command)
+    temporary = f"{path}.catalog-agent.part"
+    with open(temporary, "wb") as handle:
+        handle.write(encode(doc))
+    os.replace(temporary, path)

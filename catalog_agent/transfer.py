@@ -1,0 +1,209 @@
+"""The transfer engine: executes plans with a bounded pool of workers sharing one store client.
+
+Workers pull items from one shared iterator, so memory stays flat whatever the file count. The
+first failure stops new items from starting; items already in flight finish or fail on their
+own, and the first error is raised once every worker has stopped.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, TypeVar
+
+from catalog_agent import local
+from catalog_agent.errors import AgentError, IntegrityError, Interrupted, TransferError
+from catalog_agent.logs import get_logger
+from catalog_agent.plan import CopyItem, GetItem, PutItem
+from catalog_agent.stores.base import Store
+
+T = TypeVar("T")
+PROGRESS_INTERVAL = 10.0
+
+
+@dataclass
+class Result:
+    """What a transfer did: the record of the command is written from it."""
+
+    files: int = 0  # moved
+    bytes: int = 0  # moved
+    skipped: int = 0  # unchanged, not moved
+    unverified: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def mb_per_second(self) -> float:
+        return round(self.bytes / 1e6 / self.seconds, 2) if self.seconds > 0 else 0.0
+
+
+class Progress:
+    """Thread-safe counters, a progress event every 10 s and a bar on a terminal."""
+
+    def __init__(self, total_files: int, total_bytes: int, interval: float = PROGRESS_INTERVAL,
+                 bar: bool | None = None) -> None:
+        self.total_files = total_files
+        self.total_bytes = total_bytes
+        self.files = 0
+        self.bytes = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._interval = interval
+        self._bar = sys.stderr.isatty() if bar is None else bar
+        self._thread = threading.Thread(target=self._report, daemon=True)
+
+    def add_bytes(self, count: int) -> None:
+        with self._lock:
+            self.bytes += count
+
+    def file_done(self) -> None:
+        with self._lock:
+            self.files += 1
+
+    def __enter__(self) -> Progress:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+        if self._bar:
+            sys.stderr.write("\n")
+
+    def _report(self) -> None:
+        log = get_logger()
+        last_event = time.monotonic()
+        tick = 0.25 if self._bar else self._interval
+        while not self._stop.wait(tick):
+            if self._bar:
+                self._draw()
+            if time.monotonic() - last_event >= self._interval:
+                last_event = time.monotonic()
+                log.info("progress", files_done=self.files, files_total=self.total_files,
+                         bytes_done=self.bytes, bytes_total=self.total_bytes)
+
+    def _draw(self) -> None:
+        share = self.bytes / self.total_bytes if self.total_bytes else 1.0
+        filled = int(30 * min(share, 1.0))
+        sys.stderr.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] {self.files}/"
+                         f"{self.total_files} files {self.bytes / 1e6:.1f}/"
+                         f"{self.total_bytes / 1e6:.1f} MB")
+        sys.stderr.flush()
+
+
+def run_pool(items: Iterable[T], work: Callable[[T], None], *, concurrency: int,
+             cancel: threading.Event) -> None:
+    """Run ``work`` on every item with at most ``concurrency`` threads; raise the first error."""
+    source: Iterator[T] = iter(items)
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+    failed = threading.Event()
+
+    def worker() -> None:
+        while not failed.is_set():
+            if cancel.is_set():
+                with lock:
+                    errors.append(Interrupted("stopped before the transfer finished"))
+                failed.set()
+                return
+            with lock:
+                item = next(source, None)
+            if item is None:
+                return
+            try:
+                work(item)
+            except BaseException as exc:  # noqa: BLE001 - reported by the caller
+                with lock:
+                    errors.append(exc)
+                failed.set()
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(max(1, concurrency))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        first = next((e for e in errors if not isinstance(e, Interrupted)), errors[0])
+        if isinstance(first, AgentError):
+            raise first
+        if isinstance(first, OSError):
+            where = f" ({first.filename})" if first.filename else ""
+            raise TransferError(f"{first.strerror or first}{where}") from None
+        raise TransferError(f"{type(first).__name__}: {first}") from first
+
+
+def put(store: Store, items: list[PutItem], *, concurrency: int,
+        cancel: threading.Event) -> Result:
+    """Store every changed item; the manifest is the caller's, written only after this returns."""
+    started = time.monotonic()
+    moving = [i for i in items if not i.unchanged]
+    result = Result(skipped=len(items) - len(moving))
+    with Progress(len(moving), sum(i.size for i in moving)) as progress:
+        def upload(item: PutItem) -> None:
+            store.upload(item.source, item.key, size=item.size, sha256=item.sha256,
+                         executable=item.executable, progress=progress.add_bytes, cancel=cancel)
+            progress.file_done()
+
+        try:
+            run_pool(moving, upload, concurrency=concurrency, cancel=cancel)
+        finally:
+            result.files, result.bytes = progress.files, progress.bytes
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def get(store: Store, folder: Path, items: list[GetItem], *, concurrency: int,
+        cancel: threading.Event) -> Result:
+    """Fetch every item not already present; each file appears only verified and complete."""
+    started = time.monotonic()
+    moving = [i for i in items if not i.unchanged]
+    result = Result(skipped=len(items) - len(moving))
+    unverified_lock = threading.Lock()
+    with Progress(len(moving), sum(i.size for i in moving)) as progress:
+        def download(item: GetItem) -> None:
+            final = local.destination(folder, item.relative)
+            temporary = local.temporary_for(final)
+            try:
+                fetched = store.download(item.key, temporary, size=item.size,
+                                         progress=progress.add_bytes, cancel=cancel)
+                expected = item.expected_sha256 or fetched.stored_sha256
+                if expected is not None and fetched.sha256 != expected:
+                    raise IntegrityError(f"hash mismatch for {item.key!r}: the catalog recorded "
+                                         f"{expected[:16]}..., the bytes read hash to "
+                                         f"{fetched.sha256[:16]}...; the file was not written")
+                if expected is None:
+                    with unverified_lock:
+                        result.unverified.append(item.relative)
+                local.commit(temporary, final, item.executable or fetched.executable)
+            except BaseException:
+                local.discard(temporary)
+                raise
+            progress.file_done()
+
+        try:
+            run_pool(moving, download, concurrency=concurrency, cancel=cancel)
+        finally:
+            result.files, result.bytes = progress.files, progress.bytes
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def copy(store: Store, items: list[CopyItem], *, concurrency: int,
+         cancel: threading.Event) -> Result:
+    """Server-side copies (sync between runs): no byte passes through the agent."""
+    started = time.monotonic()
+    result = Result()
+    with Progress(len(items), sum(i.size for i in items)) as progress:
+        def copy_one(item: CopyItem) -> None:
+            store.copy(item.source_key, item.target_key, size=item.size)
+            progress.add_bytes(item.size)
+            progress.file_done()
+
+        try:
+            run_pool(items, copy_one, concurrency=concurrency, cancel=cancel)
+        finally:
+            result.files, result.bytes = progress.files, progress.bytes
+    result.seconds = time.monotonic() - started
+    return result
