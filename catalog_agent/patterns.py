@@ -25,21 +25,24 @@ class Pattern:
     text: str
 
     @cached_property
+    def segments(self) -> tuple[str, ...]:
+        segments = tuple(_normalise(self.text))
+        if len(segments) > 1 and segments[-1] == "**":  # "raw/**" needs something under raw/
+            segments = segments[:-1] + ("*", "**")
+        return segments
+
+    @cached_property
     def regex(self) -> re.Pattern[str]:
+        """The same rule as a regular expression (for display; matching never backtracks)."""
         return compile_pattern(self.text)
 
     def matches(self, path: str) -> bool:
         """True when the pattern matches ``path`` or one of its parent directories."""
         if is_reserved(path):
             return False
-        if self.regex.fullmatch(path):
-            return True
-        parent = path
-        while "/" in parent:
-            parent = parent.rsplit("/", 1)[0]
-            if self.regex.fullmatch(parent):
-                return True
-        return False
+        parts = path.split("/")
+        return any(_match_segments(self.segments, parts[:end])
+                   for end in range(len(parts), 0, -1))
 
 
 def is_reserved(path: str) -> bool:
@@ -90,8 +93,51 @@ def compile_pattern(text: str) -> re.Pattern[str]:
     return re.compile(out, re.DOTALL)
 
 
+def _match_segments(pattern: tuple[str, ...], parts: list[str]) -> bool:
+    """``**`` is any run of segments; other segments match one each (a glob, see _match_glob).
+
+    The wildmatch algorithm: on a mismatch, only the last ``**`` takes one more segment, so the
+    time is at most len(pattern) * len(parts) glob matches whatever the input. A regular
+    expression here backtracks exponentially on patterns like ``*a*a*a*a*b`` (a pattern bomb).
+    """
+    p = s = 0
+    star_p, star_s = -1, 0
+    while s < len(parts):
+        if p < len(pattern) and pattern[p] == "**":
+            star_p, star_s = p, s
+            p += 1
+        elif p < len(pattern) and _match_glob(pattern[p], parts[s]):
+            p += 1
+            s += 1
+        elif star_p >= 0:
+            star_s += 1
+            p, s = star_p + 1, star_s
+        else:
+            return False
+    return all(seg == "**" for seg in pattern[p:])
+
+
+def _match_glob(glob: str, name: str) -> bool:
+    """``*`` is any run of characters, ``?`` one character; the same linear-time algorithm."""
+    g = n = 0
+    star_g, star_n = -1, 0
+    while n < len(name):
+        if g < len(glob) and glob[g] == "*":
+            star_g, star_n = g, n
+            g += 1
+        elif g < len(glob) and (glob[g] == "?" or glob[g] == name[n]):
+            g += 1
+            n += 1
+        elif star_g >= 0:
+            star_n += 1
+            g, n = star_g + 1, star_n
+        else:
+            return False
+    return all(char == "*" for char in glob[g:])
+
+
 def parse(texts: tuple[str, ...] | list[str]) -> list[Pattern]:
     patterns = [Pattern(t) for t in texts]
     for pattern in patterns:
-        pattern.regex  # validate now: a bad pattern is a usage error before any I/O
+        pattern.segments  # validate now: a bad pattern is a usage error before any I/O
     return patterns
