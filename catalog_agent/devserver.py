@@ -121,7 +121,9 @@ def start(folder: Path | None = None, *, keep: bool = False,
     command = [binary, "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
                f"-master.port={master}", f"-volume.port={volume}", "-filer",
                f"-filer.port={filer}", "-s3", f"-s3.port={s3}", f"-s3.config={identities}",
-               "-master.volumeSizeLimitMB=256", "-volume.max=200"]
+               "-master.volumeSizeLimitMB=256", "-volume.max=200",
+               # Off: they listen on fixed ports (8181, 9101), so a second server would fail.
+               "-s3.port.iceberg=0", "-s3.port.lance=0"]
     log = open(folder / "weed.log", "wb")
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
                                stdin=subprocess.DEVNULL, start_new_session=True)
