@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import TYPE_CHECKING, Any
 
 from catalog_agent.errors import AccessError, AgentError, TransferError
@@ -35,6 +36,35 @@ def s3_client(config: Config, *, pool_size: int) -> Any:
     verify: bool | str = config.ca_bundle or config.verify_tls
     return session.create_client("s3", endpoint_url=config.endpoint_url or None,
                                  verify=verify, config=boto_config)
+
+
+class RetryCounter:
+    """Counts requests sent again after a transient failure, for the command's summary event.
+
+    botocore retries quietly; without a count, a run that survived a storm of 503s looks the
+    same in the logs as a clean one.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.count = 0
+
+    def add(self, count: int = 1) -> None:
+        with self._lock:
+            self.count += count
+
+    def on_request_created(self, request: Any, **_: Any) -> None:
+        """botocore ``request-created`` hook: attempt 2 and later are retries."""
+        context = getattr(request, "context", None) or {}
+        if (context.get("retries") or {}).get("attempt", 1) > 1:
+            self.add()
+
+
+def count_retries(client: Any) -> RetryCounter:
+    """Attach a :class:`RetryCounter` to every request ``client`` makes."""
+    counter = RetryCounter()
+    client.meta.events.register("request-created.s3", counter.on_request_created)
+    return counter
 
 
 def translate(exc: BaseException, what: str, *, bucket: str = "") -> AgentError:

@@ -70,6 +70,11 @@ def put(config: Config, given: tuple[str, ...], *, record: str | None,
                      if e.relative in state.objects and state.objects[e.relative].size == e.size]
         state = run_state.with_metadata(store, state, same_size)
         items = plan.plan_put(list(zip(files, hashes)), state)
+        abort_stale = getattr(store, "abort_incomplete_uploads", None)
+        stale = abort_stale(config.run_prefix, {i.key for i in items}) if abort_stale else 0
+        if stale:
+            log.warning("aborted unfinished multipart uploads", count=stale,
+                        reason="left by an earlier put of this step that was stopped")
         result = transfer.put(store, items, concurrency=config.concurrency, cancel=cancel)
         location = _location(store, config)
         entries_out = [manifest.entry(i.relative, i.sha256, i.size, run_id=config.run_id,
@@ -84,7 +89,7 @@ def put(config: Config, given: tuple[str, ...], *, record: str | None,
     if record:
         write_record(record, entries_out, command="put", run_id=config.run_id, step=config.step)
     return _summary("put", result, manifest=f"{store.location}/{key}",
-                    skipped_paths=len(skipped))
+                    skipped_paths=len(skipped), retries=getattr(store, "retries", 0))
 
 
 def get(config: Config, given: tuple[str, ...], *, record: str | None,
@@ -115,7 +120,8 @@ def get(config: Config, given: tuple[str, ...], *, record: str | None,
                        for i in items if i.expected_sha256]
         write_record(record, entries_out, command="get", run_id=config.run_id,
                      step=config.step)
-    return _summary("get", result, unverified=len(result.unverified))
+    return _summary("get", result, unverified=len(result.unverified),
+                    retries=getattr(store, "retries", 0))
 
 
 def _local_sha256(folder: Path, relative: str, size: int) -> str | None:

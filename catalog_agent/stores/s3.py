@@ -8,7 +8,7 @@ import threading
 from pathlib import Path
 from typing import Any, Iterator
 
-from catalog_agent.aws import s3_client, translate
+from catalog_agent.aws import RetryCounter, count_retries, s3_client, translate
 from catalog_agent.config import Config
 from catalog_agent.errors import IntegrityError, Interrupted, TransferError
 from catalog_agent.hashing import sha256_file
@@ -34,6 +34,12 @@ class S3Store:
         self.extra_args = extra_args
         self._manager: Any = None
         self._manager_lock = threading.Lock()
+        self.retry_counter: RetryCounter = count_retries(client)
+
+    @property
+    def retries(self) -> int:
+        """Requests retried by botocore plus broken downloads restarted here."""
+        return self.retry_counter.count
 
     @classmethod
     def from_config(cls, config: Config) -> S3Store:
@@ -56,7 +62,7 @@ class S3Store:
                 config = TransferConfig(multipart_threshold=MULTIPART_THRESHOLD,
                                         multipart_chunksize=PART_SIZE,
                                         max_request_concurrency=max(4, self.concurrency),
-                                        max_io_queue=64)
+                                        max_io_queue_size=64)
                 self._manager = TransferManager(self.client, config)
             return self._manager
 
@@ -87,11 +93,18 @@ class S3Store:
 
     def read_small(self, key: str, limit: int) -> bytes | None:
         try:
-            response = self.client.get_object(Bucket=self.bucket, Key=key)
-            if int(response["ContentLength"]) > limit:
-                response["Body"].close()
-                raise IntegrityError(f"s3://{self.bucket}/{key} is larger than {limit} bytes")
-            return response["Body"].read()
+            for attempt in range(1, self.attempts + 1):
+                response = self.client.get_object(Bucket=self.bucket, Key=key)
+                if int(response["ContentLength"]) > limit:
+                    response["Body"].close()
+                    raise IntegrityError(f"s3://{self.bucket}/{key} is larger than {limit} bytes")
+                try:
+                    return response["Body"].read()
+                except _transient_body_errors():  # a broken body: read this document again
+                    if attempt == self.attempts:
+                        raise
+                    self.retry_counter.add()
+            raise AssertionError("unreachable")
         except IntegrityError:
             raise
         except Exception as exc:  # noqa: BLE001
@@ -105,6 +118,30 @@ class S3Store:
                                    ContentType="application/json", **self.extra_args)
         except Exception as exc:  # noqa: BLE001
             raise translate(exc, f"write s3://{self.bucket}/{key}", bucket=self.bucket) from None
+
+    def abort_incomplete_uploads(self, prefix: str, keys: set[str]) -> int:
+        """Abort multipart uploads of ``keys`` under ``prefix``: parts left by a killed put.
+
+        Called before this put starts its own, so every upload found for these keys is stale.
+        Only the step's own keys: another step of the run may be uploading at this moment.
+        Returns how many were aborted; a role that may not list uploads just leaves them.
+        """
+        aborted = 0
+        try:
+            paginator = self.client.get_paginator("list_multipart_uploads")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+                for upload in page.get("Uploads", []):
+                    if upload.get("Key") in keys:
+                        self.client.abort_multipart_upload(Bucket=self.bucket, Key=upload["Key"],
+                                                           UploadId=upload["UploadId"])
+                        aborted += 1
+        except Exception as exc:  # noqa: BLE001 - clean-up is best effort, never the put's failure
+            from catalog_agent.logs import get_logger
+
+            get_logger().warning("unfinished multipart uploads not cleaned up",
+                                 reason=str(translate(exc, f"list uploads under {prefix}",
+                                                      bucket=self.bucket)))
+        return aborted
 
     # --- data ---
 
@@ -153,12 +190,7 @@ class S3Store:
     def _get_small(self, key: str, target: Path, progress: ProgressCallback,
                    cancel: threading.Event) -> Fetched:
         """GET and stream to ``target`` while hashing; a broken body retries this object only."""
-        from botocore.exceptions import (ConnectionClosedError, IncompleteReadError,
-                                         ReadTimeoutError, ResponseStreamingError)
-        from urllib3.exceptions import ProtocolError
-
-        transient = (ConnectionClosedError, IncompleteReadError, ReadTimeoutError,
-                     ResponseStreamingError, ProtocolError, ConnectionError)
+        transient = _transient_body_errors()
         for attempt in range(1, self.attempts + 1):
             if cancel.is_set():
                 raise Interrupted("stopped before the transfer finished")
@@ -175,6 +207,7 @@ class S3Store:
                 progress(-moved)
                 if attempt == self.attempts:
                     raise
+                self.retry_counter.add()
                 continue
             progress(moved)
             stored = _stored(key, response)
@@ -193,6 +226,16 @@ class S3Store:
         except Exception as exc:  # noqa: BLE001
             raise translate(exc, f"copy s3://{self.bucket}/{source_key} to {target_key}",
                             bucket=self.bucket) from None
+
+
+def _transient_body_errors() -> tuple[type[BaseException], ...]:
+    """Errors of a response body cut short: botocore does not retry those, the store does."""
+    from botocore.exceptions import (ConnectionClosedError, IncompleteReadError,
+                                     ReadTimeoutError, ResponseStreamingError)
+    from urllib3.exceptions import ProtocolError
+
+    return (ConnectionClosedError, IncompleteReadError, ReadTimeoutError,
+            ResponseStreamingError, ProtocolError, ConnectionError)
 
 
 def _stored(key: str, response: dict[str, Any]) -> StoredObject:
