@@ -86,6 +86,7 @@ def run(command: str, body: Callable[[Config, threading.Event], dict[str, Any] |
         log.info(f"{command}.done", **{k: v for k, v in summary.items() if k != "command"})
     except AgentError as exc:
         code = exc.exit_code
+        summary.update(getattr(exc, "summary", None) or {})  # e.g. a lifecycle put's facts
         summary["error"] = str(exc)
         log.error(str(exc), error_kind=exc.kind, exit_code=code)
     except KeyboardInterrupt:
@@ -143,15 +144,65 @@ def get(**kwargs: Any) -> None:
 @main.command(epilog=EPILOG)
 @click.argument("patterns", nargs=-1)
 @click.option("--record", metavar="FILE", help="Write what was moved, in manifest fields.")
+@click.option("--wait", is_flag=True,
+              help="First wait for the main command's exit code (entrypoint wrapper), then put "
+                   "according to --when. See docs/lifecycle.md.")
+@click.option("--on-sigterm", is_flag=True,
+              help="Native sidecar: wait for SIGTERM, read the main command's exit code, then "
+                   "put according to --when.")
+@click.option("--status-dir", metavar="DIR", default=None,
+              help="Status folder shared with the wrapper [env CATALOG_AGENT_STATUS_DIR; "
+                   "default /var/run/catalog-agent]")
+@click.option("--wait-timeout", metavar="SECONDS", default=None,
+              help="Give up waiting after SECONDS, exit 7 [env CATALOG_AGENT_WAIT_TIMEOUT; "
+                   "default 0: no limit]")
+@click.option("--heartbeat-stale-seconds", metavar="SECONDS", default=None,
+              help="A heartbeat unchanged this long with no exit code means the main container "
+                   "died [env CATALOG_AGENT_HEARTBEAT_STALE_SECONDS; default 30]")
 @_key_options
 def put(**kwargs: Any) -> None:
     """Store files matching PATTERNS (or the step's put list) and write the step manifest."""
-    from catalog_agent import commands
+    from catalog_agent import commands, lifecycle
 
     config_path, flags, own = _split(kwargs)
-    run("put", lambda config, cancel: commands.put(config, own["patterns"],
-                                                   record=own["record"], cancel=cancel),
-        config_path, flags)
+
+    def body(config: Config, cancel: threading.Event) -> dict[str, Any]:
+        def plain() -> dict[str, Any]:
+            return commands.put(config, own["patterns"], record=own["record"], cancel=cancel)
+
+        mode = lifecycle.settings(wait=own["wait"], on_sigterm=own["on_sigterm"],
+                                  status_dir=own["status_dir"], wait_timeout=own["wait_timeout"],
+                                  stale_seconds=own["heartbeat_stale_seconds"])
+        if mode is None:
+            return plain()
+        commands.check_put(config, own["patterns"])  # before a wait that may last hours
+        return lifecycle.run_put(config, mode, cancel, plain)
+
+    run("put", body, config_path, flags)
+
+
+@main.command("install-entrypoint", epilog=EPILOG)
+@click.argument("directory", metavar="DIR")
+def install_entrypoint(directory: str) -> None:
+    """Copy the entrypoint wrapper to DIR/entrypoint (mode 0755), e.g. a shared emptyDir."""
+    from catalog_agent.lifecycle import install_entrypoint as install
+
+    summary: dict[str, Any] = {"command": "install-entrypoint"}
+    _early_logging({})
+    from catalog_agent import logs
+
+    logs.bind(command="install-entrypoint")
+    try:
+        summary["path"] = str(install(directory))
+        code = 0
+        logs.get_logger().info("install-entrypoint.done", path=summary["path"])
+    except AgentError as exc:
+        code = exc.exit_code
+        summary["error"] = str(exc)
+        logs.get_logger().error(str(exc), error_kind=exc.kind, exit_code=code)
+    summary["exit_code"] = code
+    write_termination_message(summary)
+    sys.exit(code)
 
 
 @main.command(epilog=EPILOG)

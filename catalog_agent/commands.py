@@ -49,6 +49,12 @@ def _hash_all(entries: list[local.LocalEntry], concurrency: int) -> list[str]:
         return list(pool.map(lambda e: sha256_file(e.path), entries))
 
 
+def check_put(config: Config, given: tuple[str, ...]) -> None:
+    """What put needs before it starts: checked before a lifecycle wait, not hours after."""
+    require_run(config, step=True)
+    _patterns(given, config.put, "put", config)
+
+
 def put(config: Config, given: tuple[str, ...], *, record: str | None,
         cancel: threading.Event) -> dict[str, Any]:
     require_run(config, step=True)

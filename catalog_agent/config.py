@@ -89,6 +89,9 @@ class Config:
     concurrency: int = _key(16, "Files moved at once.", kind="int", minimum=1, maximum=256)
     strict_links: bool = _key(False, "A symlink or hard link leaving the data folder is an "
                                      "error rather than a skipped file.", kind="bool")
+    when: str = _key("success", "When put --wait/--on-sigterm puts: after the main command "
+                                "succeeded, failed, or always.", where=(CATALOG, STEP),
+                     kind="choice", choices=("success", "failure", "always"))
     log_format: str = _key("auto", "Log format: JSON lines, or console lines on a terminal.",
                            kind="choice", choices=("auto", "json", "console"))
     log_level: str = _key("info", "Lowest level logged.", kind="choice",

@@ -12,6 +12,7 @@ EXIT_NO_MATCH = 3
 EXIT_ACCESS = 4
 EXIT_TRANSFER = 5
 EXIT_INTEGRITY = 6
+EXIT_WAIT_TIMEOUT = 7
 EXIT_INTERRUPTED = 143
 
 EXIT_CODES: dict[int, str] = {
@@ -22,6 +23,7 @@ EXIT_CODES: dict[int, str] = {
     EXIT_ACCESS: "credentials or access (no credentials, AccessDenied, no such bucket)",
     EXIT_TRANSFER: "transfer failed after retries",
     EXIT_INTEGRITY: "integrity or safety violation (hash mismatch, unsafe key or link)",
+    EXIT_WAIT_TIMEOUT: "put --wait gave up: --wait-timeout expired before the main command ended",
     EXIT_INTERRUPTED: "stopped by SIGTERM or SIGINT before finishing (nothing partial left)",
 }
 
@@ -74,6 +76,13 @@ class IntegrityError(AgentError):
 
     exit_code = EXIT_INTEGRITY
     kind = "integrity"
+
+
+class WaitTimeout(AgentError):
+    """put --wait: the main command had not ended when --wait-timeout expired."""
+
+    exit_code = EXIT_WAIT_TIMEOUT
+    kind = "wait-timeout"
 
 
 class Interrupted(AgentError):
