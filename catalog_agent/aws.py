@@ -16,13 +16,17 @@ ACCESS_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "
 REGION_CODES = {"PermanentRedirect", "AuthorizationHeaderMalformed", "IllegalLocationConstraintException"}
 
 
-def s3_client(config: Config, *, pool_size: int) -> Any:
-    """One S3 client for the whole command: thread-safe, with a pool sized to the workers."""
+def s3_client(config: Config, *, pool_size: int, session: Any = None) -> Any:
+    """One S3 client for the whole command: thread-safe, with a pool sized to the workers.
+
+    ``session``: a botocore session from :func:`catalog_agent.credentials.resolve`, when the
+    caller has resolved credentials already (``config --check``); else they are resolved here.
+    """
     from botocore.config import Config as BotoConfig
 
     from catalog_agent.credentials import make_session
 
-    session = make_session(config)
+    session = session or make_session(config)
     boto_config = BotoConfig(
         region_name=config.region,
         retries={"mode": config.retry_mode, "max_attempts": config.max_attempts},
@@ -86,12 +90,17 @@ def translate(exc: BaseException, what: str, *, bucket: str = "") -> AgentError:
         message = _short(error.get("Message", "")) or code
         if code in ACCESS_CODES:
             return AccessError(f"access denied to {what}: {code}: {message}",
-                               hint="check the role's policy for this bucket and prefix")
+                               hint=f"the identity's IAM policy must allow s3:ListBucket on "
+                                    f"arn:aws:s3:::{bucket or '<bucket>'} and s3:GetObject, "
+                                    f"s3:PutObject on the run's keys (and the bucket policy "
+                                    f"must not deny them)")
         if code == "NoSuchBucket":
             return AccessError(f"no such bucket {bucket!r} ({what})")
         if code in REGION_CODES:
+            actual = _bucket_region(exc.response)
             return AccessError(f"wrong region for bucket {bucket!r} ({what}): {code}",
-                               hint="set region to the bucket's region")
+                               hint=f"the bucket is in {actual}: set region: {actual}"
+                               if actual else "set region to the bucket's region")
         return TransferError(f"{what} failed: {code}: {message}")
     if isinstance(exc, (bx.EndpointConnectionError, bx.ConnectionClosedError,
                         bx.ReadTimeoutError, bx.ConnectTimeoutError)):
@@ -101,6 +110,14 @@ def translate(exc: BaseException, what: str, *, bucket: str = "") -> AgentError:
     if isinstance(exc, OSError):
         return TransferError(f"{what} failed: {exc.strerror or exc}")
     return TransferError(f"{what} failed: {type(exc).__name__}: {_short(exc)}")
+
+
+def _bucket_region(response: dict[str, Any]) -> str:
+    """The bucket's real region, as S3 reports it in a redirect or a malformed-header error."""
+    headers = response.get("ResponseMetadata", {}).get("HTTPHeaders", {}) or {}
+    error = response.get("Error", {}) or {}
+    region = headers.get("x-amz-bucket-region") or error.get("Region") or error.get("Expected")
+    return str(region) if region else ""
 
 
 def _short(exc: Any) -> str:

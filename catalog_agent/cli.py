@@ -242,12 +242,19 @@ def ls(**kwargs: Any) -> None:
 
 @main.command("config", epilog=EPILOG)
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@click.option("--check", "check", is_flag=True,
+              help="Resolve credentials, print the method and identity, and check that the "
+                   "run's prefix can be listed, written and read (needs --run-id).")
 @_key_options
 def config_command(**kwargs: Any) -> None:
     """Print the effective configuration and where each value came from (no secrets)."""
     config_path, flags, own = _split(kwargs)
 
     def body(config: Config, _cancel: threading.Event) -> dict[str, Any]:
+        if own["check"]:
+            from catalog_agent.check import report
+
+            return report(config, as_json=own["as_json"], echo=click.echo)
         rows = describe(config)
         if own["as_json"]:
             click.echo(json.dumps({k: {"value": v, "source": s} for k, v, s in rows}, indent=1))

@@ -1,23 +1,83 @@
-"""Credentials: which AWS identity the agent acts as.
+"""Credentials: which AWS identity the agent acts as, and how it stays valid for a long transfer.
 
-By default boto3's own chain (IRSA web identity, EKS Pod Identity, environment, profiles,
-instance metadata). ``use_credentials`` reads keys from named environment variables and
-``aws_profile`` picks a profile from ``aws_credentials_file``. Values never leave this module
-except inside botocore's credential objects: errors name variables and files, never values.
+Base credentials come from, in this order of preference:
+
+- ``use_credentials``: keys from the environment variables the configuration names;
+- ``aws_profile``: a profile of ``aws_credentials_file``;
+- otherwise boto3's default chain (environment keys, IRSA web identity, EKS Pod Identity,
+  instance metadata), with the IRSA step replaced by our own so that it honours ``region``,
+  ``sts_endpoint_url``, a session name that identifies run and step, and our refresh windows.
+
+With ``role_arn`` the agent assumes that role on top of the base, unless the pod's IRSA role
+already is ``role_arn`` (then the web identity is used directly, no second hop). Temporary
+credentials are botocore ``RefreshableCredentials``: every signed request asks for them, and
+they are fetched again before they expire, so a transfer outlasting a session finishes.
+
+Secret values never leave this module except inside botocore's credential objects: errors name
+variables, files and roles, never values.
 """
 
 from __future__ import annotations
 
 import configparser
+import datetime
+import hashlib
 import os
-from typing import TYPE_CHECKING
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
 
-from catalog_agent.errors import AccessError
+from catalog_agent.errors import AccessError, AgentError
 
 if TYPE_CHECKING:
+    import botocore.credentials
     import botocore.session
 
     from catalog_agent.config import Config
+
+# Test hook, not a setting: refresh temporary credentials this many seconds after they were
+# issued instead of shortly before they expire. STS never issues sessions shorter than 900 s,
+# so this is the only way a test can show a transfer that spans a refresh.
+REFRESH_HOOK = "_CATALOG_AGENT_REFRESH_AFTER_SECONDS"
+
+# Method names printed by ``config --check`` and logged, by botocore provider METHOD.
+_METHODS = {
+    "env": "environment",
+    "explicit": "environment",
+    "assume-role-with-web-identity": "irsa",
+    "container-role": "container",
+    "iam-role": "instance",
+    "shared-credentials-file": "profile",
+    "config-file": "profile",
+    "assume-role": "profile",
+    "sso": "profile",
+    "login": "profile",
+    "custom-process": "profile",
+    "boto-config": "profile",
+    "ec2-credentials-file": "instance",
+}
+_SESSION_NAME_UNSAFE = re.compile(r"[^\w+=,.@-]", re.ASCII)
+MAX_SESSION_NAME = 64
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """The identity the agent acts as, and where it came from (for logs and ``config --check``)."""
+
+    session: botocore.session.Session  # credentials registered: create_client uses them
+    credentials: botocore.credentials.Credentials
+    method: str  # irsa, pod-identity, assume-role, environment, profile, instance, container
+    base: str  # for assume-role: the method of the credentials it stands on; else == method
+    role_arn: str = ""
+    session_name: str = ""
+
+    def describe(self) -> str:
+        text = self.method
+        if self.method == "assume-role":
+            text += f" {self.role_arn} on {self.base}"
+        elif self.role_arn:
+            text += f" {self.role_arn} (role_arn is the pod's IRSA role: used directly)"
+        return text
 
 
 def secret_values(config: Config | None = None, environ: dict[str, str] | None = None) -> list[str]:
@@ -30,40 +90,389 @@ def secret_values(config: Config | None = None, environ: dict[str, str] | None =
     return [environ[n] for n in names if len(environ.get(n, "")) >= 8]
 
 
+def session_name(run_id: str, step: str) -> str:
+    """An STS RoleSessionName naming run and step: 2..64 characters of ``[\\w+=,.@-]``.
+
+    It shows in CloudTrail and in the assumed-role ARN, so an operator can tell which step of
+    which run made a request. Too long a name keeps its start and gains a short hash, so two
+    long run ids never share a name.
+    """
+    raw = ".".join(part for part in ("catalog-agent", run_id, step) if part)
+    name = _SESSION_NAME_UNSAFE.sub("-", raw)
+    if len(name) > MAX_SESSION_NAME:
+        digest = hashlib.sha256(raw.encode("utf-8")).hexdigest()[:8]
+        name = name[:MAX_SESSION_NAME - 9] + "-" + digest
+    return name
+
+
 def make_session(config: Config) -> botocore.session.Session:
-    """A botocore session holding the base credentials the configuration asks for."""
+    """A botocore session whose clients act as the identity the configuration asks for."""
+    return resolve(config).session
+
+
+def resolve(config: Config) -> Resolved:
+    """Resolve base credentials, then the role on top of them; raise AccessError on failure."""
     import botocore.session
 
     session = botocore.session.Session()
-    if config.aws_profile:
-        _use_profile(session, config)
+    session.set_config_variable("region", config.region)
+    session.set_config_variable("sts_regional_endpoints", "regional")
+    name = session_name(config.run_id, config.step)
+    sts = _sts_creator(config)
+    try:
+        if not config.use_credentials and not config.aws_profile and config.role_arn and \
+                _irsa_role() == config.role_arn:
+            creds = _web_identity(config, sts, config.role_arn, name,
+                                  duration=config.session_duration_in_seconds)
+            resolved = Resolved(session, creds, "irsa", "irsa", config.role_arn, name)
+        else:
+            base, method = _base(config, session, sts, name)
+            if config.role_arn:
+                creds = _assume_role(config, sts, base, method, name)
+                resolved = Resolved(session, creds, "assume-role", method, config.role_arn, name)
+            else:
+                resolved = Resolved(session, base, method, method, "", name)
+    except AgentError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - every botocore failure becomes one clear line
+        raise sts_error(exc, "resolve AWS credentials", config) from None
+    _register(session, resolved.credentials)
+    return resolved
+
+
+# --- base credentials ---
+
+
+def _base(config: Config, session: botocore.session.Session, sts: Callable[..., Any],
+          name: str) -> tuple[botocore.credentials.Credentials, str]:
+    from botocore.credentials import Credentials
+
     if config.use_credentials:
         key = _required_variable(config.aws_access_key_name, "access key id")
         secret = _required_variable(config.aws_secret_access_key_name, "secret access key")
         token = os.environ.get(config.aws_session_key_name) or None
-        session.set_credentials(key, secret, token)
-    return session
+        return Credentials(key, secret, token, method="env"), "environment"
+    if config.aws_profile:
+        return _profile(config), "profile"
+    return _default_chain(config, session, sts, name)
 
 
 def _required_variable(name: str, what: str) -> str:
     value = os.environ.get(name, "")
     if not value:
-        raise AccessError(f"use_credentials is true but the {what} variable {name} is not set")
+        raise AccessError(f"use_credentials is true but the {what} variable {name} is not set",
+                          hint="set it from a Secret, or set use_credentials: false to use "
+                               "the pod's identity")
     return value
 
 
-def _use_profile(session: botocore.session.Session, config: Config) -> None:
+def _profile(config: Config) -> botocore.credentials.Credentials:
+    from botocore.credentials import SharedCredentialProvider
+
     path = os.path.expanduser(config.aws_credentials_file)
+    where = f"aws_profile {config.aws_profile!r}, credentials file {path}"
     if not os.path.isfile(path):
-        raise AccessError(f"aws_profile {config.aws_profile!r}: credentials file {path} "
-                          f"does not exist")
+        raise AccessError(f"{where}: the file does not exist",
+                          hint="mount the credentials Secret there or set aws_credentials_file")
     parser = configparser.RawConfigParser()
     try:
-        parser.read(path)
-    except (configparser.Error, UnicodeDecodeError):
-        raise AccessError(f"credentials file {path} cannot be parsed") from None
+        with open(path, encoding="utf-8") as handle:
+            parser.read_file(handle)
+    except PermissionError:
+        raise AccessError(f"{where}: the file is not readable by uid {os.getuid()}",
+                          hint="set the pod's securityContext.fsGroup so that the mounted "
+                               "Secret is group-readable") from None
+    except (configparser.Error, UnicodeDecodeError, OSError):
+        raise AccessError(f"{where}: the file cannot be parsed as an AWS credentials "
+                          f"file") from None
     if not parser.has_section(config.aws_profile):
-        raise AccessError(f"aws_profile {config.aws_profile!r} is not in credentials file "
-                          f"{path}")
-    session.set_config_variable("credentials_file", path)
-    session.set_config_variable("profile", config.aws_profile)
+        raise AccessError(f"{where}: the profile is not in the file",
+                          hint=f"profiles in it: {', '.join(parser.sections()) or 'none'}")
+    creds = SharedCredentialProvider(creds_filename=path, profile_name=config.aws_profile).load()
+    if creds is None:
+        raise AccessError(f"{where}: the profile has no aws_access_key_id and "
+                          f"aws_secret_access_key")
+    return creds
+
+
+def _default_chain(config: Config, session: botocore.session.Session, sts: Callable[..., Any],
+                   name: str) -> tuple[botocore.credentials.Credentials, str]:
+    """boto3's chain, with its IRSA step made ours; the method name says which step won."""
+    from botocore.credentials import CredentialProvider, create_credential_resolver
+
+    _check_token_file("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", "EKS Pod Identity token file")
+    resolver = create_credential_resolver(session, region_name=config.region)
+    role_arn = _irsa_role()
+    if role_arn:
+        class IrsaProvider(CredentialProvider):
+            METHOD = "assume-role-with-web-identity"
+
+            def load(self) -> botocore.credentials.Credentials:
+                return _web_identity(config, sts, role_arn, name)
+
+        resolver.insert_before("assume-role-with-web-identity", IrsaProvider())
+    creds = resolver.load_credentials()
+    if creds is None:
+        raise AccessError("no AWS credentials found (no IRSA or Pod Identity token, no "
+                          "environment keys, no profile, no instance role)",
+                          hint="give the pod's service account an IAM role (IRSA or EKS Pod "
+                               "Identity), or set use_credentials or aws_profile")
+    method = _METHODS.get(getattr(creds, "method", ""), getattr(creds, "method", "") or "other")
+    if method == "container":
+        method = "pod-identity" if os.environ.get("AWS_CONTAINER_CREDENTIALS_FULL_URI") \
+            else "container"
+    return creds, method
+
+
+def _irsa_role() -> str:
+    """The pod's IRSA role, when both IRSA variables are set."""
+    if os.environ.get("AWS_WEB_IDENTITY_TOKEN_FILE"):
+        return os.environ.get("AWS_ROLE_ARN", "")
+    return ""
+
+
+def _check_token_file(variable: str, what: str) -> None:
+    """A token file that cannot be read is the most common IRSA failure: name it and the fix."""
+    path = os.environ.get(variable, "")
+    if not path:
+        return
+    try:
+        with open(path, "rb") as handle:
+            handle.read(1)
+    except PermissionError:
+        raise AccessError(f"the {what} {path} (from {variable}) is not readable by uid "
+                          f"{os.getuid()}",
+                          hint="the projected token is readable by its owner and group only: "
+                               "set the pod's securityContext.fsGroup (e.g. 65534) or run as "
+                               "the user that owns it") from None
+    except FileNotFoundError:
+        raise AccessError(f"the {what} {path} (from {variable}) does not exist",
+                          hint="is the service-account token volume mounted in this "
+                               "container?") from None
+    except OSError as exc:
+        raise AccessError(f"the {what} {path} (from {variable}) cannot be read: "
+                          f"{exc.strerror or exc}") from None
+
+
+# --- temporary credentials that refresh themselves ---
+
+
+def _web_identity(config: Config, sts: Callable[..., Any], role_arn: str, name: str, *,
+                  duration: int | None = None) -> botocore.credentials.Credentials:
+    """IRSA: AssumeRoleWithWebIdentity with the projected service-account token."""
+    from botocore.credentials import AssumeRoleWithWebIdentityCredentialFetcher
+
+    path = os.environ["AWS_WEB_IDENTITY_TOKEN_FILE"]
+
+    def token() -> str:
+        _check_token_file("AWS_WEB_IDENTITY_TOKEN_FILE", "web identity token file")
+        with open(path, encoding="utf-8") as handle:
+            return handle.read().strip()
+
+    token()  # fail early, with the hint, when the token cannot be read
+    extra: dict[str, Any] = {"RoleSessionName": os.environ.get("AWS_ROLE_SESSION_NAME") or name}
+    if duration:
+        extra["DurationSeconds"] = duration
+    fetcher = AssumeRoleWithWebIdentityCredentialFetcher(
+        client_creator=sts, web_identity_token_loader=token, role_arn=role_arn,
+        extra_args=extra, cache=_NoCache())
+    return _refreshable(config, fetcher, "AssumeRoleWithWebIdentity", role_arn,
+                        "assume-role-with-web-identity")
+
+
+def _assume_role(config: Config, sts: Callable[..., Any],
+                 base: botocore.credentials.Credentials, base_method: str,
+                 name: str) -> botocore.credentials.Credentials:
+    from botocore.credentials import AssumeRoleCredentialFetcher
+
+    fetcher = AssumeRoleCredentialFetcher(
+        client_creator=sts, source_credentials=base, role_arn=config.role_arn,
+        extra_args={"RoleSessionName": name,
+                    "DurationSeconds": config.session_duration_in_seconds},
+        cache=_NoCache())
+    return _refreshable(config, fetcher, "AssumeRole", config.role_arn, "assume-role",
+                        base_method=base_method)
+
+
+def _refreshable(config: Config, fetcher: Any, operation: str, role_arn: str, method: str,
+                 *, base_method: str = "") -> botocore.credentials.RefreshableCredentials:
+    """Fetch now (errors surface here, with hints), then refresh ahead of expiry.
+
+    The refresh windows scale with the session's lifetime: botocore's fixed 15/10 minute
+    windows would refresh a 900 s session on every single request.
+    """
+    from botocore.credentials import RefreshableCredentials
+
+    from catalog_agent.logs import get_logger
+
+    def fetch() -> dict[str, Any]:
+        try:
+            return fetcher.fetch_credentials()
+        except AgentError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise sts_error(exc, operation, config, role_arn=role_arn,
+                            base=base_method) from None
+
+    first = fetch()
+    lifetime = _seconds_left(first["expiry_time"])
+    advisory, mandatory = refresh_windows(lifetime)
+    log = get_logger()
+
+    def refresh() -> dict[str, Any]:
+        try:
+            data = fetch()
+        except AgentError as exc:
+            log.warning("credentials.refresh_failed", operation=operation, error=str(exc))
+            raise
+        log.info("credentials.refreshed", operation=operation, role_arn=role_arn,
+                 expires=data["expiry_time"])
+        return data
+
+    return RefreshableCredentials.create_from_metadata(
+        first, refresh_using=refresh, method=method, advisory_timeout=advisory,
+        mandatory_timeout=mandatory)
+
+
+class _NoCache(dict):  # type: ignore[type-arg]
+    """botocore fetchers keep a cache with its own 15-minute window; ours decides alone."""
+
+    def __contains__(self, key: object) -> bool:
+        return False
+
+
+def refresh_windows(lifetime: float) -> tuple[int, int]:
+    """(advisory, mandatory) seconds before expiry at which credentials are fetched again.
+
+    Advisory: one thread tries while the others carry on; mandatory: every request waits.
+    """
+    hook = os.environ.get(REFRESH_HOOK, "")
+    if hook:
+        after = max(1, int(hook))
+        advisory = max(1, int(lifetime) - after)
+        return advisory, max(0, advisory - 1)
+    advisory = max(1, min(15 * 60, int(lifetime) // 3))
+    mandatory = max(1, min(10 * 60, int(lifetime) // 6))
+    return advisory, mandatory
+
+
+def _seconds_left(expiry: str) -> float:
+    from dateutil.parser import parse
+
+    moment = parse(expiry)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.timezone.utc)
+    return (moment - datetime.datetime.now(datetime.timezone.utc)).total_seconds()
+
+
+# --- STS clients and errors ---
+
+
+def _sts_creator(config: Config) -> Callable[..., Any]:
+    """Creates STS clients for the configured region, endpoint and TLS settings."""
+    import botocore.session
+    from botocore.config import Config as BotoConfig
+
+    session = botocore.session.Session()
+    session.set_config_variable("sts_regional_endpoints", "regional")
+    base = BotoConfig(region_name=config.region, connect_timeout=10, read_timeout=30,
+                      retries={"mode": config.retry_mode, "max_attempts": config.max_attempts},
+                      user_agent_extra="catalog-agent")
+    verify: bool | str = config.ca_bundle or config.verify_tls
+
+    def create(service: str, **kwargs: Any) -> Any:
+        extra = kwargs.pop("config", None)
+        kwargs.pop("region_name", None)
+        return session.create_client(service, region_name=config.region,
+                                     endpoint_url=config.sts_endpoint_url or None, verify=verify,
+                                     config=base.merge(extra) if extra else base, **kwargs)
+
+    return create
+
+
+def sts_client(config: Config, resolved: Resolved) -> Any:
+    """An STS client acting as the resolved identity (for GetCallerIdentity)."""
+    frozen = resolved.credentials.get_frozen_credentials()
+    return _sts_creator(config)("sts", aws_access_key_id=frozen.access_key,
+                                aws_secret_access_key=frozen.secret_key,
+                                aws_session_token=frozen.token)
+
+
+def _register(session: botocore.session.Session, creds: botocore.credentials.Credentials) -> None:
+    """Make ``session.create_client`` use ``creds`` (refreshable ones keep refreshing)."""
+    from botocore.credentials import CredentialProvider, CredentialResolver
+
+    class Resolved_(CredentialProvider):
+        METHOD = getattr(creds, "method", "catalog-agent") or "catalog-agent"
+
+        def load(self) -> botocore.credentials.Credentials:
+            return creds
+
+    session.register_component("credential_provider", CredentialResolver([Resolved_()]))
+
+
+def sts_error(exc: BaseException, operation: str, config: Config, *, role_arn: str = "",
+              base: str = "") -> AgentError:
+    """One line for an STS or credential failure, with a hint for the common causes."""
+    from botocore import exceptions as bx
+
+    role = role_arn or config.role_arn
+    if isinstance(exc, AgentError):
+        return exc
+    if isinstance(exc, bx.ClientError):
+        error = exc.response.get("Error", {})
+        code = str(error.get("Code", "")) or "error"
+        message = _short(error.get("Message", ""))
+        op = exc.operation_name or operation
+        text = f"{op} failed for role {role}: {code}: {message}" if role and "Role" in op \
+            else f"{op} failed: {code}: {message}"
+        return AccessError(text, hint=_sts_hint(op, code, role, base, config))
+    if isinstance(exc, (bx.EndpointConnectionError, bx.ConnectTimeoutError,
+                        bx.ReadTimeoutError, bx.ConnectionClosedError)):
+        where = config.sts_endpoint_url or f"the regional endpoint of {config.region!r}"
+        return AccessError(f"could not reach STS ({where}) to {operation}: {_short(exc)}",
+                           hint=f"check region ({config.region!r}) and sts_endpoint_url, and "
+                                f"that the pod may reach STS (egress, VPC endpoint)")
+    if isinstance(exc, (bx.NoCredentialsError, bx.PartialCredentialsError)):
+        return AccessError(f"no usable AWS credentials to {operation}: {_short(exc)}",
+                           hint="give the pod an IAM role (IRSA or EKS Pod Identity), or set "
+                                "use_credentials or aws_profile")
+    if isinstance(exc, bx.BotoCoreError):
+        return AccessError(f"could not obtain AWS credentials to {operation}: {_short(exc)}")
+    if isinstance(exc, OSError):
+        return AccessError(f"could not obtain AWS credentials to {operation}: "
+                           f"{exc.strerror or exc}")
+    return AccessError(f"could not obtain AWS credentials to {operation}: "
+                       f"{type(exc).__name__}: {_short(exc)}")
+
+
+def _sts_hint(operation: str, code: str, role: str, base: str, config: Config) -> str | None:
+    if operation == "AssumeRoleWithWebIdentity":
+        if code in {"AccessDenied", "AccessDeniedException"}:
+            return (f"the trust policy of {role} must allow sts:AssumeRoleWithWebIdentity for "
+                    f"the cluster's OIDC provider, with the condition "
+                    f"<oidc>:sub = system:serviceaccount:<namespace>:<service-account> and "
+                    f"<oidc>:aud = sts.amazonaws.com")
+        if code in {"InvalidIdentityToken", "ExpiredTokenException", "IDPRejectedClaim"}:
+            return ("the service-account token was refused: is the cluster's OIDC provider "
+                    "registered in IAM, with audience sts.amazonaws.com?")
+    if operation == "AssumeRole" and code in {"AccessDenied", "AccessDeniedException"}:
+        who = f"the base identity ({base})" if base else "the base identity"
+        return (f"the trust policy of {role} must allow sts:AssumeRole from {who}, and "
+                f"that identity's policy must allow sts:AssumeRole on {role}")
+    if code in {"InvalidClientTokenId", "SignatureDoesNotMatch", "UnrecognizedClientException"}:
+        return ("the base credentials were refused: check the key variables or profile, and "
+                f"that STS is enabled in region {config.region!r}")
+    if code == "RegionDisabledException":
+        return f"activate STS in region {config.region!r} (IAM account settings) or change region"
+    if code == "ValidationError" and "Duration" in operation + code:
+        return "session_duration_in_seconds exceeds the role's maximum session duration"
+    if code == "ValidationError":
+        return ("session_duration_in_seconds may exceed the role's maximum session duration, "
+                "or role_arn is not a role ARN")
+    return None
+
+
+def _short(exc: Any) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= 300 else text[:297] + "..."
