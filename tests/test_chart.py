@@ -1,0 +1,533 @@
+"""The Helm chart: lint, render, validate against the real schemas, and check the wiring.
+
+Real tools only: helm (scripts/setup.d/30-helm.sh), kubernetes-validate (dev extra) with the
+oldest and newest Kubernetes versions the chart supports, Argo's own JSON schema made strict,
+and the agent's own CLI for everything the chart hands to it (config file, arguments, env).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+import jsonschema
+import pytest
+import yaml
+
+from catalog_agent.config import CATALOG, DEFAULT_CONFIG_PATH, KEYS, OTHER_ENV, STEP
+from catalog_agent import __version__
+
+REPO = Path(__file__).resolve().parents[1]
+CHART = REPO / "charts" / "catalog-agent"
+EXAMPLES = CHART / "examples"
+VALUES = REPO / "tests" / "chart_values"
+GOOD_VALUES = sorted(VALUES.glob("*.yaml"))
+BAD_VALUES = sorted((VALUES / "bad").glob("*.yaml"))
+# CI runs in a clone with a copy of shared/ beside it: the schema is found relative to the repo.
+ARGO_SCHEMA = REPO.parent / "shared" / "schemas" / "argo-workflows-v4.1.2.schema.json"
+ARGO_WORKFLOW_TEMPLATE = "io.argoproj.workflow.v1alpha1.WorkflowTemplate"
+# The oldest (native sidecars: restartPolicy Always on init containers, beta and on by default)
+# and the newest Kubernetes versions the chart supports; Chart.yaml's kubeVersion says the same.
+KUBE_VERSIONS = ("1.29.0", "1.37.0")
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+# --- tools ------------------------------------------------------------------------------------
+
+def _tool(name: str, *candidates: Path) -> str:
+    for candidate in candidates:
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    found = shutil.which(name)
+    if found:
+        return found
+    pytest.skip(f"{name} is not installed (scripts/bootstrap installs it)")
+
+
+@pytest.fixture(scope="session")
+def helm() -> str:
+    return _tool("helm", REPO / ".tools" / "bin" / "helm")
+
+
+@pytest.fixture(scope="session")
+def kube_validate() -> str:
+    return _tool("kubernetes-validate", Path(sys.executable).parent / "kubernetes-validate")
+
+
+def run(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None
+        ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(args), capture_output=True, text=True, timeout=300, cwd=cwd,
+                          env=env)
+
+
+def render(helm: str, chart: Path, *values: Path, sets: tuple[str, ...] = (),
+           extra: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """``helm template`` into a list of objects; a failure fails the test with helm's words."""
+    args = [helm, "template", "rel", str(chart)]
+    for file in values:
+        args += ["-f", str(file)]
+    for item in sets:
+        args += ["--set", item]
+    done = run(*args, *extra)
+    assert done.returncode == 0, f"helm template failed:\n{done.stderr}"
+    return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+
+
+def of_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [doc for doc in docs if doc.get("kind") == kind]
+
+
+@pytest.fixture(scope="session")
+def packaged_chart(helm: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The chart packaged as a user's `helm dependency build` would fetch it."""
+    out = tmp_path_factory.mktemp("package")
+    done = run(helm, "package", str(CHART), "-d", str(out))
+    assert done.returncode == 0, done.stderr
+    (package,) = out.glob("catalog-agent-*.tgz")
+    return package
+
+
+@pytest.fixture
+def example(packaged_chart: Path, tmp_path: Path):  # noqa: ANN201 - a factory
+    """Copy an example chart and place the packaged dependency in its charts/ folder."""
+    def make(name: str) -> Path:
+        target = tmp_path / name
+        shutil.copytree(EXAMPLES / name, target)
+        (target / "charts").mkdir(exist_ok=True)
+        shutil.copy(packaged_chart, target / "charts")
+        return target
+    return make
+
+
+def kube_validate_docs(kube_validate: str, docs: list[dict[str, Any]], folder: Path) -> None:
+    """Every object through kubernetes-validate --strict, for the oldest and newest version."""
+    path = folder / "objects.yaml"
+    path.write_text(yaml.safe_dump_all(docs, sort_keys=False))
+    for version in KUBE_VERSIONS:
+        done = run(kube_validate, "--strict", "-k", version, str(path))
+        assert done.returncode == 0, f"kubernetes {version}:\n{done.stdout}{done.stderr}"
+        passed = done.stdout.count(" passed ")
+        assert passed == len(docs), f"kubernetes {version}: {passed} of {len(docs)} passed\n" \
+                                    f"{done.stdout}"
+
+
+def pod_spec(doc: dict[str, Any]) -> dict[str, Any]:
+    return doc["spec"]["template"]["spec"] if doc["kind"] == "Job" else doc["spec"]
+
+
+def agent_containers(spec_containers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [c for c in spec_containers if c.get("command") == ["catalog-agent"]]
+
+
+def image_user() -> int:
+    """The numeric USER of the Dockerfile's final stage."""
+    users = re.findall(r"^USER\s+(\d+)", (REPO / "Dockerfile").read_text(), re.MULTILINE)
+    assert users, "Dockerfile has no numeric USER"
+    return int(users[-1])
+
+
+# --- the chart itself -------------------------------------------------------------------------
+
+def test_app_version_is_the_agent_version() -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["appVersion"] == __version__
+    assert chart["kubeVersion"] == f">={KUBE_VERSIONS[0]}-0"
+
+
+@pytest.mark.parametrize("values", GOOD_VALUES, ids=lambda p: p.stem)
+def test_lint_strict(helm: str, values: Path) -> None:
+    done = run(helm, "lint", "--strict", str(CHART), "-f", str(values))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "0 chart(s) failed" in done.stdout
+
+
+def test_default_values_alone_name_the_missing_bucket(helm: str) -> None:
+    done = run(helm, "template", "rel", str(CHART))
+    assert done.returncode != 0
+    assert "missing property 's3_bucket'" in done.stderr
+    assert "panic" not in done.stderr
+    docs = render(helm, CHART, sets=("catalog.config.s3_bucket=my-catalog",))
+    assert sorted(d["kind"] for d in docs) == ["ConfigMap", "Pod", "ServiceAccount"]
+
+
+@pytest.mark.parametrize("values", GOOD_VALUES, ids=lambda p: p.stem)
+def test_rendered_objects_are_valid_kubernetes(helm: str, kube_validate: str, values: Path,
+                                               tmp_path: Path) -> None:
+    docs = render(helm, CHART, values)
+    kube_validate_docs(kube_validate, docs, tmp_path)
+
+
+def test_kubernetes_validate_refuses_a_misspelt_field(helm: str, kube_validate: str,
+                                                      tmp_path: Path) -> None:
+    """The validation above can fail: a misspelt field in a rendered object is refused."""
+    docs = render(helm, CHART, VALUES / "minimal.yaml")
+    pod = of_kind(docs, "Pod")[0]
+    pod["spec"]["containers"][0]["volumeMount"] = pod["spec"]["containers"][0].pop("volumeMounts")
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(pod))
+    for version in KUBE_VERSIONS:
+        done = run(kube_validate, "--strict", "-k", version, str(path))
+        assert done.returncode != 0, done.stdout
+        assert "volumeMount" in done.stdout + done.stderr
+
+
+def test_kubernetes_older_than_1_29_is_refused(helm: str) -> None:
+    done = run(helm, "template", "rel", str(CHART), "-f", str(VALUES / "minimal.yaml"),
+               "--kube-version", "1.28.9")
+    assert done.returncode != 0
+    assert "kubeVersion" in done.stderr or ">=1.29.0-0" in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("values", BAD_VALUES, ids=lambda p: p.stem)
+def test_bad_values_are_refused_with_a_clear_message(helm: str, values: Path) -> None:
+    expected = values.read_text().splitlines()[0].removeprefix("# expect: ")
+    done = run(helm, "template", "rel", str(CHART), "-f", str(values))
+    assert done.returncode != 0, f"{values.name} was accepted"
+    assert "values don't meet the specifications of the schema" in done.stderr
+    assert expected in done.stderr, done.stderr
+
+
+def test_schema_knows_exactly_the_agents_keys() -> None:
+    """catalog.config and step entries in the schema are the agent's keys, same types."""
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    catalog = schema["properties"]["catalog"]["properties"]["config"]["properties"]
+    step = (schema["properties"]["dag"]["properties"]["steps"]["additionalProperties"]
+            ["properties"]["catalog"]["properties"])
+    assert set(catalog) == {k for k, s in KEYS.items() if CATALOG in s.where and k != "type"}
+    assert set(step) == {k for k, s in KEYS.items() if STEP in s.where}
+    kinds = {"bool": "boolean", "int": "integer", "list": "array", "choice": "string",
+             "str": "string"}
+    for name, prop in [*catalog.items(), *step.items()]:
+        spec = KEYS[name]
+        assert prop["type"] == kinds[spec.kind], name
+        if spec.kind == "choice":
+            assert prop["enum"] == list(spec.choices), name
+        if spec.kind == "int":
+            assert (prop.get("minimum"), prop.get("maximum")) == (spec.minimum, spec.maximum)
+    type_enum = schema["properties"]["catalog"]["properties"]["type"]["enum"]
+    assert type_enum == list(KEYS["type"].choices)
+
+
+@pytest.mark.parametrize("values", GOOD_VALUES, ids=lambda p: p.stem)
+def test_the_agent_accepts_the_configmap(helm: str, values: Path, offline_agent,  # noqa: ANN001
+                                         tmp_path: Path) -> None:
+    """The rendered config.yaml, read by the real CLI for every step (and none), is valid."""
+    docs = render(helm, CHART, values)
+    (configmap,) = of_kind(docs, "ConfigMap")
+    text = configmap["data"]["config.yaml"]
+    document = yaml.safe_load(text)
+    given = yaml.safe_load(values.read_text())
+    assert document["catalog"]["type"] == given["catalog"].get("type", "s3")
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    steps = list((given.get("dag") or {}).get("steps") or {})
+    for step in ["", *steps]:
+        env = {"CATALOG_AGENT_STEP": step} if step else {}
+        ran = offline_agent("config", "--json", "--config", str(path), env=env)
+        assert ran.code == 0, ran.output
+        effective = json.loads(ran.stdout)
+        for key, value in given["catalog"]["config"].items():
+            if key in {"compute_data_folder", "when", "allow_missing"} and step:
+                continue  # a step entry may override these
+            shown = effective[key]["value"]
+            assert shown == shown_as(value), (key, shown, value)
+            if KEYS[key].env not in offline_agent.env:  # the fixture sets the log format
+                assert effective[key]["source"].startswith("file"), key
+        if step:
+            for key, value in (given["dag"]["steps"][step].get("catalog") or {}).items():
+                shown = effective[key]["value"]
+                assert shown == shown_as(value), (step, key, shown, value)
+                assert "dag.steps" in effective[key]["source"]
+
+
+def shown_as(value: Any) -> str:
+    """A value as `catalog-agent config` prints it."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return ",".join(value)
+    return str(value)
+
+
+def test_serviceaccount_irsa_and_pull_secrets(helm: str) -> None:
+    docs = render(helm, CHART, VALUES / "full.yaml")
+    (account,) = of_kind(docs, "ServiceAccount")
+    assert account["metadata"]["name"] == "pipelines-catalog"
+    annotations = account["metadata"]["annotations"]
+    assert annotations["eks.amazonaws.com/role-arn"] == \
+        "arn:aws:iam::123456789012:role/catalog-agent"
+    assert annotations["eks.amazonaws.com/sts-regional-endpoints"] == "true"
+    assert annotations["team"] == "forecasting"
+    assert account["automountServiceAccountToken"] is False
+    assert account["imagePullSecrets"] == [{"name": "registry-credentials"}]
+    (test_pod,) = of_kind(docs, "Pod")
+    assert test_pod["spec"]["containers"][0]["image"] == \
+        "registry.example.com/data/catalog-agent:0.1.0-rc1"
+    # Without a role there is no IRSA annotation; with create: false there is no account.
+    docs = render(helm, CHART, VALUES / "minimal.yaml")
+    assert "annotations" not in of_kind(docs, "ServiceAccount")[0]["metadata"]
+    docs = render(helm, CHART, VALUES / "file-system.yaml")
+    assert of_kind(docs, "ServiceAccount") == []
+    assert of_kind(docs, "Pod")[0]["spec"]["serviceAccountName"] == "pipelines"
+
+
+def test_notes_tell_what_was_installed(helm: str) -> None:
+    done = run(helm, "install", "rel", str(CHART), "--dry-run=client", "-f",
+               str(VALUES / "full.yaml"))
+    assert done.returncode == 0, done.stderr
+    notes = done.stdout.split("NOTES:", 1)[1]
+    assert "ConfigMap       pipelines-catalog" in notes
+    assert "s3://my-catalog.eu/teams/forecasting/<run_id>/" in notes
+    assert "arn:aws:iam::123456789012:role/catalog-agent" in notes
+    assert "prepare, train" in notes
+    for name in ("getInitContainer", "putContainer", "wrapCommand", "volumes"):
+        assert f'include "catalog-agent.{name}"' in notes
+    done = run(helm, "install", "rel", str(CHART), "--dry-run=client", "-f",
+               str(VALUES / "minimal.yaml"))
+    assert "create-pod-identity-association" in done.stdout
+
+
+# --- the examples and the named templates -----------------------------------------------------
+
+def test_job_example(helm: str, kube_validate: str, example, tmp_path: Path) -> None:  # noqa: ANN001
+    docs = render(helm, example("job"))
+    kube_validate_docs(kube_validate, docs, tmp_path)
+    (job,) = of_kind(docs, "Job")
+    spec = pod_spec(job)
+    assert [c["name"] for c in spec["initContainers"]] == ["catalog-get-entrypoint",
+                                                           "catalog-get"]
+    assert [c["name"] for c in spec["containers"]] == ["main", "catalog-put"]
+    assert spec["containers"][1]["args"][:2] == ["put", "--wait"]
+    check_wiring(job, docs)
+
+
+def test_native_sidecar_pod_example(helm: str, kube_validate: str, example,  # noqa: ANN001
+                                    tmp_path: Path) -> None:
+    docs = render(helm, example("native-sidecar-pod"))
+    kube_validate_docs(kube_validate, docs, tmp_path)
+    pod = [d for d in of_kind(docs, "Pod") if "helm.sh/hook" not in
+           (d["metadata"].get("annotations") or {})][0]
+    init = pod["spec"]["initContainers"]
+    assert [c["name"] for c in init] == ["catalog-get-entrypoint", "catalog-get", "catalog-put"]
+    assert init[2]["restartPolicy"] == "Always"
+    assert init[2]["args"][:2] == ["put", "--on-sigterm"]
+    assert "restartPolicy" not in init[0] and "restartPolicy" not in init[1]
+    assert pod["spec"]["terminationGracePeriodSeconds"] >= 60
+    check_wiring(pod, docs)
+
+
+def check_wiring(workload: dict[str, Any], docs: list[dict[str, Any]]) -> None:
+    """What the pod hands the agent must be what the agent reads, checked against its code."""
+    spec = pod_spec(workload)
+    every = spec.get("initContainers", []) + spec["containers"]
+    agents = agent_containers(every)
+    main = next(c for c in every if c["name"] == "main")
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    (configmap,) = of_kind(docs, "ConfigMap")
+    config_dir, config_file = os.path.split(DEFAULT_CONFIG_PATH)
+    known_env = {s.env for s in KEYS.values()} | OTHER_ENV
+    installer = next(c for c in agents if c["args"][0] == "install-entrypoint")
+    status_dir = installer["args"][1]
+    # the wrapper is called where install-entrypoint puts it, on a volume main mounts
+    assert main["command"][:2] == [status_dir + "/entrypoint", "--"]
+    main_mounts = {m["mountPath"]: m["name"] for m in main["volumeMounts"]}
+    assert volumes[main_mounts[status_dir]].get("emptyDir") is not None
+    assert status_dir == "/var/run/catalog-agent"  # the default of the wrapper and of put
+    for container in agents:
+        mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+        assert volumes[mounts[config_dir]]["configMap"]["name"] == configmap["metadata"]["name"]
+        assert config_file in configmap["data"]
+        assert mounts[status_dir] == main_mounts[status_dir]
+        names = [e["name"] for e in container.get("env", [])]
+        assert {"CATALOG_AGENT_RUN_ID", "CATALOG_AGENT_STEP"} <= set(names)
+        unknown = [n for n in names if n.startswith("CATALOG_AGENT_") and n not in known_env]
+        assert not unknown, unknown
+        context = container["securityContext"]
+        assert context["runAsNonRoot"] is True and context["readOnlyRootFilesystem"] is True
+        assert context["allowPrivilegeEscalation"] is False
+        assert context["capabilities"]["drop"] == ["ALL"]
+        assert context["seccompProfile"]["type"] == "RuntimeDefault"
+        assert context["runAsUser"] == image_user()
+        assert mounts["/tmp"]
+    data_dir = yaml.safe_load(configmap["data"]["config.yaml"])["catalog"]["config"][
+        "compute_data_folder"]
+    assert volumes[main_mounts[data_dir]].get("emptyDir") is not None
+    for container in agents:
+        if container["args"][0] in {"get", "put"}:
+            mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+            assert mounts[data_dir] == main_mounts[data_dir]
+    assert spec["securityContext"]["fsGroup"] == image_user()
+    check_args_with_the_cli(agents)
+
+
+def check_args_with_the_cli(containers: list[dict[str, Any]]) -> None:
+    """Each agent container's arguments parse with the real CLI (an unknown option exits 2)."""
+    for container in containers:
+        args = [a for a in container["args"] if not a.startswith("{{")]
+        done = run(sys.executable, "-m", "catalog_agent", *args, "--help")
+        assert done.returncode == 0, f"{container['name']}: {args}: {done.stderr}"
+
+
+def argo_validator() -> jsonschema.protocols.Validator:
+    if not ARGO_SCHEMA.is_file():
+        message = (f"the Argo Workflows schema is missing: {ARGO_SCHEMA} (CI must lay shared/ "
+                   f"beside the clone)")
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    schema = json.loads(ARGO_SCHEMA.read_text())
+
+    def strict(node: Any) -> None:
+        if isinstance(node, dict):
+            if "properties" in node and "additionalProperties" not in node:
+                node["additionalProperties"] = False
+            for value in node.values():
+                strict(value)
+        elif isinstance(node, list):
+            for value in node:
+                strict(value)
+
+    for definition in schema["definitions"].values():
+        strict(definition)
+    root = {"$schema": schema["$schema"], "definitions": schema["definitions"],
+            "$ref": f"#/definitions/{ARGO_WORKFLOW_TEMPLATE}"}
+    return jsonschema.Draft202012Validator(root)
+
+
+def argo_errors(validator: jsonschema.protocols.Validator, doc: dict[str, Any]) -> list[str]:
+    return [f"{'/'.join(map(str, e.absolute_path))}: {e.message[:200]}"
+            for e in validator.iter_errors(doc)]
+
+
+def test_argo_workflowtemplate_example(helm: str, kube_validate: str, example,  # noqa: ANN001
+                                       tmp_path: Path) -> None:
+    docs = render(helm, example("argo-workflowtemplate"))
+    (template,) = of_kind(docs, "WorkflowTemplate")
+    validator = argo_validator()
+    assert argo_errors(validator, template) == []
+    kube_validate_docs(kube_validate, [d for d in docs if d["kind"] != "WorkflowTemplate"],
+                       tmp_path)
+    templates = {t["name"]: t for t in template["spec"]["templates"]}
+    tasks = templates[template["spec"]["entrypoint"]]["dag"]["tasks"]
+    assert [t["name"] for t in tasks] == ["prepare", "train"]
+    assert tasks[1]["depends"] == "prepare"
+    step = templates[tasks[0]["template"]]
+    containers = step["containerSet"]["containers"]
+    assert [c["name"] for c in containers] == ["get", "main", "put"]
+    assert "dependencies" not in containers[0]
+    assert containers[1]["dependencies"] == ["get"]
+    assert containers[2]["dependencies"] == ["main"]
+    assert containers[2]["args"] == ["put"]
+    env = {e["name"]: e["value"] for e in containers[0]["env"]}
+    assert env["CATALOG_AGENT_RUN_ID"] == "{{workflow.parameters.run-id}}"
+    assert env["CATALOG_AGENT_STEP"] == "{{inputs.parameters.step}}"
+    assert containers[1]["command"] == ["sh", "-c", "{{inputs.parameters.script}}"]
+    volumes = {v["name"] for v in step["volumes"]}
+    for container in containers:
+        assert {m["name"] for m in container["volumeMounts"]} <= volumes
+    check_args_with_the_cli(agent_containers(containers))
+
+
+def test_argo_validation_is_strict(helm: str, example) -> None:  # noqa: ANN001
+    """The strict schema can fail: a misspelt field deep in a containerSet is refused."""
+    docs = render(helm, example("argo-workflowtemplate"))
+    (template,) = of_kind(docs, "WorkflowTemplate")
+    validator = argo_validator()
+    bad = copy.deepcopy(template)
+    main = bad["spec"]["templates"][1]["containerSet"]["containers"][1]
+    main["dependencys"] = main.pop("dependencies")
+    errors = argo_errors(validator, bad)
+    assert any("dependencys" in e for e in errors), errors
+    bad = copy.deepcopy(template)
+    bad["spec"]["templates"][0]["dag"]["tasks"][1]["depend"] = "prepare"
+    assert argo_errors(validator, bad)
+
+
+@pytest.fixture
+def caller(packaged_chart: Path, tmp_path: Path):  # noqa: ANN201 - a factory
+    """A user's chart whose one template calls the named templates as written."""
+    def make(body: str) -> Path:
+        chart = tmp_path / "user"
+        (chart / "templates").mkdir(parents=True)
+        (chart / "charts").mkdir()
+        shutil.copy(packaged_chart, chart / "charts")
+        (chart / "Chart.yaml").write_text(
+            "apiVersion: v2\nname: user\nversion: 0.1.0\ndependencies:\n"
+            "  - name: catalog-agent\n    version: 0.1.0\n")
+        (chart / "values.yaml").write_text(
+            "catalog-agent:\n  catalog:\n    config:\n      s3_bucket: my-catalog\n")
+        (chart / "templates" / "pod.yaml").write_text(
+            '{{- $ca := index .Subcharts "catalog-agent" -}}\n' + body)
+        return chart
+    return make
+
+
+@pytest.mark.parametrize("call, message", [
+    ('{{ include "catalog-agent.getInitContainer" (dict "ctx" $ca "step" "s") }}',
+     '"runId" is required'),
+    ('{{ include "catalog-agent.putContainer" (dict "ctx" $ca "runId" "r") }}',
+     '"step" is required'),
+    ('{{ include "catalog-agent.putContainer" (dict "step" "s" "runId" "r") }}',
+     'pass this chart\'s context as "ctx"'),
+    ('{{ include "catalog-agent.putContainer" (dict "ctx" $ca "step" "s" "runId" "r" '
+     '"mode" "sidecar") }}', 'mode "sidecar" is not one of wait, native, after'),
+    ('{{ include "catalog-agent.putContainer" (dict "ctx" $ca "step" "s" "runId" "r" '
+     '"when" "never") }}', 'when "never" is not one of success, failure, always'),
+    ('{{ include "catalog-agent.wrapCommand" (dict "ctx" $ca "command" "python x.py") }}',
+     '"command" must be a list'),
+])
+def test_named_templates_refuse_bad_calls(helm: str, caller, call: str,  # noqa: ANN001
+                                          message: str) -> None:
+    done = run(helm, "template", "rel", str(caller(call)))
+    assert done.returncode != 0
+    assert message in done.stderr, done.stderr
+
+
+def test_named_template_options(helm: str, caller) -> None:  # noqa: ANN001
+    """patterns, when, names, data: false and env reach the rendered containers."""
+    chart = caller(
+        'items:\n'
+        '  {{- include "catalog-agent.putContainer" (dict "ctx" $ca "step" "s" "runId" "r" '
+        '"mode" "native" "when" "always" "patterns" (list "model/**" "a b.txt") "name" "save" '
+        '"data" false "env" (list (dict "name" "CATALOG_AGENT_LOG_LEVEL" "value" "debug"))) '
+        '| nindent 2 }}\n'
+        '  {{- include "catalog-agent.getInitContainer" (dict "ctx" $ca "step" "s" "runId" "r" '
+        '"installEntrypoint" false "patterns" (list "raw/**")) | nindent 2 }}\n')
+    done = run(helm, "template", "rel", str(chart))
+    assert done.returncode == 0, done.stderr
+    items = yaml.safe_load(run(helm, "template", "rel", str(chart), "--show-only",
+                               "templates/pod.yaml").stdout)["items"]
+    put, get = items
+    assert put["name"] == "save" and put["restartPolicy"] == "Always"
+    assert put["args"] == ["put", "--on-sigterm", "--when", "always", "model/**", "a b.txt"]
+    assert "/data" not in {m["mountPath"] for m in put["volumeMounts"]}
+    assert {"name": "CATALOG_AGENT_LOG_LEVEL", "value": "debug"} in put["env"]
+    assert get["name"] == "catalog-get" and get["args"] == ["get", "raw/**"]
+    check_args_with_the_cli([put, get])
+
+
+def iter_values_comments() -> Iterator[tuple[int, str, bool]]:
+    """(line number, line, whether a comment line precedes it) for every key in values.yaml."""
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    for number, line in enumerate(lines):
+        if re.match(r"^\s*[A-Za-z_][\w-]*:", line):
+            above = lines[number - 1].strip() if number else ""
+            inline = "#" in line.split(":", 1)[1]
+            yield number + 1, line, above.startswith("#") or inline
+
+
+def test_every_value_is_commented() -> None:
+    bare = [f"{n}: {line}" for n, line, commented in iter_values_comments() if not commented]
+    # keys nested directly under a commented parent block (lists of a mapping) are described
+    # by that parent's comment; the ones allowed here are the container securityContext fields
+    allowed = re.compile(r"^\d+: \s+(requests|limits|cpu|memory|runAsNonRoot|runAsUser|runAsGroup|"
+                         r"allowPrivilegeEscalation|readOnlyRootFilesystem|capabilities|drop|"
+                         r"seccompProfile|type|fsGroup|config):")
+    assert [b for b in bare if not allowed.match(b)] == []
