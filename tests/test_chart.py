@@ -520,14 +520,12 @@ def iter_values_comments() -> Iterator[tuple[int, str, bool]]:
         if re.match(r"^\s*[A-Za-z_][\w-]*:", line):
             above = lines[number - 1].strip() if number else ""
             inline = "#" in line.split(":", 1)[1]
-            yield number + 1, line, above.startswith("#") or inline
+            # a parent key (no value) is described by the comment of its first child
+            below = lines[number + 1] if number + 1 < len(lines) else ""
+            parent = line.rstrip().endswith(":") and "#" in below
+            yield number + 1, line, above.startswith("#") or inline or parent
 
 
 def test_every_value_is_commented() -> None:
     bare = [f"{n}: {line}" for n, line, commented in iter_values_comments() if not commented]
-    # keys nested directly under a commented parent block (lists of a mapping) are described
-    # by that parent's comment; the ones allowed here are the container securityContext fields
-    allowed = re.compile(r"^\d+: \s+(requests|limits|cpu|memory|runAsNonRoot|runAsUser|runAsGroup|"
-                         r"allowPrivilegeEscalation|readOnlyRootFilesystem|capabilities|drop|"
-                         r"seccompProfile|type|fsGroup|config):")
-    assert [b for b in bare if not allowed.match(b)] == []
+    assert bare == []
