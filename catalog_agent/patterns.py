@@ -25,24 +25,36 @@ class Pattern:
     text: str
 
     @cached_property
-    def segments(self) -> tuple[str, ...]:
-        segments = tuple(_normalise(self.text))
-        if len(segments) > 1 and segments[-1] == "**":  # "raw/**" needs something under raw/
-            segments = segments[:-1] + ("*", "**")
-        return segments
-
-    @cached_property
-    def regex(self) -> re.Pattern[str]:
-        """The same rule as a regular expression (for display; matching never backtracks)."""
+    def segments(self) -> tuple[str | re.Pattern[str], ...]:
+        """``**`` kept as the string, every other segment compiled (validated on first use)."""
         return compile_pattern(self.text)
 
     def matches(self, path: str) -> bool:
-        """True when the pattern matches ``path`` or one of its parent directories."""
+        """True when the pattern matches ``path`` or one of its parent directories.
+
+        Segments are matched by dynamic programming over (pattern segment, path segment), so
+        no pattern, however many ``**`` or ``*`` it holds, can take more than
+        O(pattern segments x path segments) segment matches.
+        """
         if is_reserved(path):
             return False
-        parts = path.split("/")
-        return any(_match_segments(self.segments, parts[:end])
-                   for end in range(len(parts), 0, -1))
+        pattern = self.segments
+        names = path.split("/")
+        count, total = len(pattern), len(names)
+        # ok[i][j]: pattern[i:] matches some prefix of names[j:] of at least one name, or
+        # (i == count) the names before j were all consumed and j >= 1 (a parent matched).
+        following = [j >= 1 for j in range(total + 1)]
+        for i in range(count - 1, -1, -1):
+            segment = pattern[i]
+            current = [False] * (total + 1)
+            for j in range(total, -1, -1):
+                if segment == "**":
+                    current[j] = following[j] or (j < total and current[j + 1])
+                else:
+                    current[j] = (j < total and following[j + 1]
+                                  and segment.fullmatch(names[j]) is not None)  # type: ignore[union-attr]
+            following = current
+        return following[0]
 
 
 def is_reserved(path: str) -> bool:
@@ -73,67 +85,31 @@ def _normalise(text: str) -> list[str]:
     return collapsed
 
 
-def compile_pattern(text: str) -> re.Pattern[str]:
+def compile_pattern(text: str) -> tuple[str | re.Pattern[str], ...]:
     segments = _normalise(text)
-    out = ""
-    for index, seg in enumerate(segments):
-        last = index == len(segments) - 1
-        if seg == "**":
-            out += ".*" if last else "(?:[^/]*/)*"
-            continue
-        for char in re.sub(r"\*+", "*", seg):  # a*** means a*: no needless backtracking
-            if char == "*":
-                out += "[^/]*"
-            elif char == "?":
-                out += "[^/]"
-            else:
-                out += re.escape(char)
-        if not last:
-            out += "/"
-    return re.compile(out, re.DOTALL)
+    if len(segments) > 1 and segments[-1] == "**":
+        # "raw/**" means what is inside raw, not raw itself; parents already match by prefix.
+        segments[-1] = "*"
+    return tuple(seg if seg == "**" else _compile_segment(seg) for seg in segments)
 
 
-def _match_segments(pattern: tuple[str, ...], parts: list[str]) -> bool:
-    """``**`` is any run of segments; other segments match one each (a glob, see _match_glob).
+def _compile_segment(segment: str) -> re.Pattern[str]:
+    """One segment's glob as a regex that cannot backtrack catastrophically.
 
-    The wildmatch algorithm: on a mismatch, only the last ``**`` takes one more segment, so the
-    time is at most len(pattern) * len(parts) glob matches whatever the input. A regular
-    expression here backtracks exponentially on patterns like ``*a*a*a*a*b`` (a pattern bomb).
+    Each literal run after a ``*`` is found at its earliest position and then held (a lookahead
+    captured and back-referenced acts as an atomic group), as CPython's fnmatch does.
     """
-    p = s = 0
-    star_p, star_s = -1, 0
-    while s < len(parts):
-        if p < len(pattern) and pattern[p] == "**":
-            star_p, star_s = p, s
-            p += 1
-        elif p < len(pattern) and _match_glob(pattern[p], parts[s]):
-            p += 1
-            s += 1
-        elif star_p >= 0:
-            star_s += 1
-            p, s = star_p + 1, star_s
-        else:
-            return False
-    return all(seg == "**" for seg in pattern[p:])
+    parts = re.sub(r"\*+", "*", segment).split("*")
 
+    def literal(part: str) -> str:
+        return "".join("." if char == "?" else re.escape(char) for char in part)
 
-def _match_glob(glob: str, name: str) -> bool:
-    """``*`` is any run of characters, ``?`` one character; the same linear-time algorithm."""
-    g = n = 0
-    star_g, star_n = -1, 0
-    while n < len(name):
-        if g < len(glob) and glob[g] == "*":
-            star_g, star_n = g, n
-            g += 1
-        elif g < len(glob) and (glob[g] == "?" or glob[g] == name[n]):
-            g += 1
-            n += 1
-        elif star_g >= 0:
-            star_n += 1
-            g, n = star_g + 1, star_n
-        else:
-            return False
-    return all(char == "*" for char in glob[g:])
+    out = literal(parts[0])
+    for index, part in enumerate(parts[1:-1], start=1):
+        out += f"(?=(?P<g{index}>.*?{literal(part)}))(?P=g{index})"
+    if len(parts) > 1:
+        out += ".*" + literal(parts[-1])
+    return re.compile(out, re.DOTALL)
 
 
 def parse(texts: tuple[str, ...] | list[str]) -> list[Pattern]:

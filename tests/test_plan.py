@@ -1,0 +1,88 @@
+"""Planning is pure: facts in, plan or error out, no network (milliseconds)."""
+
+from pathlib import Path
+
+import pytest
+
+from catalog_agent import plan
+from catalog_agent.errors import IntegrityError, NoMatchError
+from catalog_agent.local import FILE, LINK_OUTSIDE, SPECIAL, LocalEntry
+from catalog_agent.patterns import parse
+from catalog_agent.run_state import Recorded, RunState
+from catalog_agent.stores.base import StoredObject
+
+H1, H2 = "1" * 64, "2" * 64
+
+
+def state(objects: dict[str, int], recorded: dict[str, str] | None = None,
+          meta: dict[str, str] | None = None) -> RunState:
+    s = RunState("p/run/")
+    for rel, size in objects.items():
+        s.objects[rel] = StoredObject("p/run/" + rel, size, sha256=(meta or {}).get(rel))
+    for rel, sha in (recorded or {}).items():
+        s.recorded[rel] = Recorded(sha, objects[rel], False, "step1")
+    return s
+
+
+def entry(rel: str, kind: str = FILE, size: int = 3) -> LocalEntry:
+    return LocalEntry(rel, Path("/data") / rel, kind, size)
+
+
+def test_put_marks_files_the_catalog_already_holds() -> None:
+    files = [(entry("a"), H1), (entry("b"), H1), (entry("c"), H1)]
+    items = plan.plan_put(files, state({"a": 3, "b": 3}, recorded={"a": H1, "b": H2}))
+    assert [(i.key, i.unchanged) for i in items] == [
+        ("p/run/a", True), ("p/run/b", False), ("p/run/c", False)]
+
+
+def test_put_uses_object_metadata_when_no_manifest_records_it() -> None:
+    items = plan.plan_put([(entry("a"), H1)], state({"a": 3}, meta={"a": H1}))
+    assert items[0].unchanged
+
+
+def test_select_put_skips_links_and_special_files_unless_strict() -> None:
+    entries = [entry("ok"), entry("link", LINK_OUTSIDE), entry("fifo", SPECIAL)]
+    files, skipped = plan.select_put(entries, parse(["**"]), allow_missing=False,
+                                     strict_links=False, where="d")
+    assert [f.relative for f in files] == ["ok"]
+    assert {s.relative for s in skipped} == {"link", "fifo"}
+    with pytest.raises(IntegrityError, match="link"):
+        plan.select_put(entries, parse(["**"]), allow_missing=False, strict_links=True,
+                        where="d")
+
+
+def test_a_pattern_matching_nothing_is_an_error_naming_it() -> None:
+    with pytest.raises(NoMatchError, match=r"'\*\.parquet'"):
+        plan.select_put([entry("a.csv")], parse(["*.csv", "*.parquet"]), allow_missing=False,
+                        strict_links=False, where="d")
+    files, _ = plan.select_put([entry("a.csv")], parse(["*.csv", "*.parquet"]),
+                               allow_missing=True, strict_links=False, where="d")
+    assert [f.relative for f in files] == ["a.csv"]
+
+
+def test_get_takes_expected_hashes_from_manifests_then_metadata() -> None:
+    s = state({"a": 3, "b": 3, "c": 3}, recorded={"a": H1}, meta={"b": H2})
+    items = plan.select_get(s, parse(["**"]), allow_missing=False, where="w")
+    assert {i.relative: i.expected_sha256 for i in items} == {"a": H1, "b": H2, "c": None}
+
+
+@pytest.mark.parametrize("hostile", ["../escape", "a/../../b", "/abs", "a//b", "a\\b", "a\x00b",
+                                     "./a", "x" * 256, "a/" + "y" * 300])
+def test_get_refuses_keys_that_leave_the_folder(hostile: str) -> None:
+    s = state({"fine": 3, hostile: 3})
+    with pytest.raises(IntegrityError, match="refusing key"):
+        plan.select_get(s, parse(["**"]), allow_missing=False, where="w")
+
+
+def test_get_skips_local_files_with_the_expected_hash() -> None:
+    items = plan.select_get(state({"a": 3, "b": 3, "c": 3}, recorded={"a": H1, "b": H1}),
+                            parse(["**"]), allow_missing=False, where="w")
+    local = {"a": H1, "b": H2}
+    planned = plan.plan_get(items, lambda rel, size: local.get(rel))
+    assert {i.relative: i.unchanged for i in planned} == {"a": True, "b": False, "c": False}
+
+
+def test_sync_copies_every_data_object_into_the_new_run() -> None:
+    items = plan.plan_sync(state({"a": 1, "d/b": 2}), "p/run2/")
+    assert [(i.source_key, i.target_key) for i in items] == [
+        ("p/run/a", "p/run2/a"), ("p/run/d/b", "p/run2/d/b")]
