@@ -296,6 +296,12 @@ def test_notes_tell_what_was_installed(helm: str) -> None:
 
 # --- the examples and the named templates -----------------------------------------------------
 
+@pytest.mark.parametrize("name", ["job", "native-sidecar-pod", "argo-workflowtemplate"])
+def test_example_charts_lint_strict(helm: str, example, name: str) -> None:  # noqa: ANN001
+    done = run(helm, "lint", "--strict", str(example(name)))
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
 def test_job_example(helm: str, kube_validate: str, example, tmp_path: Path) -> None:  # noqa: ANN001
     docs = render(helm, example("job"))
     kube_validate_docs(kube_validate, docs, tmp_path)
