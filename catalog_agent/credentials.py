@@ -135,7 +135,7 @@ def resolve(config: Config) -> Resolved:
     except AgentError:
         raise
     except Exception as exc:  # noqa: BLE001 - every botocore failure becomes one clear line
-        raise sts_error(exc, "resolve AWS credentials", config) from None
+        raise sts_error(exc, "", config) from None
     _register(session, resolved.credentials)
     return resolved
 
@@ -423,30 +423,31 @@ def sts_error(exc: BaseException, operation: str, config: Config, *, role_arn: s
         error = exc.response.get("Error", {})
         code = str(error.get("Code", "")) or "error"
         message = _short(error.get("Message", ""))
-        op = exc.operation_name or operation
+        op = exc.operation_name or operation or "STS"
         text = f"{op} failed for role {role}: {code}: {message}" if role and "Role" in op \
             else f"{op} failed: {code}: {message}"
-        return AccessError(text, hint=_sts_hint(op, code, role, base, config))
+        return AccessError(text, hint=_sts_hint(op, code, message, role, base, config))
+    purpose = f" to {operation}" if operation else ""
     if isinstance(exc, (bx.EndpointConnectionError, bx.ConnectTimeoutError,
                         bx.ReadTimeoutError, bx.ConnectionClosedError)):
         where = config.sts_endpoint_url or f"the regional endpoint of {config.region!r}"
-        return AccessError(f"could not reach STS ({where}) to {operation}: {_short(exc)}",
+        return AccessError(f"could not reach STS ({where}){purpose}: {_short(exc)}",
                            hint=f"check region ({config.region!r}) and sts_endpoint_url, and "
                                 f"that the pod may reach STS (egress, VPC endpoint)")
     if isinstance(exc, (bx.NoCredentialsError, bx.PartialCredentialsError)):
-        return AccessError(f"no usable AWS credentials to {operation}: {_short(exc)}",
+        return AccessError(f"no usable AWS credentials{purpose}: {_short(exc)}",
                            hint="give the pod an IAM role (IRSA or EKS Pod Identity), or set "
                                 "use_credentials or aws_profile")
     if isinstance(exc, bx.BotoCoreError):
-        return AccessError(f"could not obtain AWS credentials to {operation}: {_short(exc)}")
+        return AccessError(f"could not obtain AWS credentials{purpose}: {_short(exc)}")
     if isinstance(exc, OSError):
-        return AccessError(f"could not obtain AWS credentials to {operation}: "
-                           f"{exc.strerror or exc}")
-    return AccessError(f"could not obtain AWS credentials to {operation}: "
+        return AccessError(f"could not obtain AWS credentials{purpose}: {exc.strerror or exc}")
+    return AccessError(f"could not obtain AWS credentials{purpose}: "
                        f"{type(exc).__name__}: {_short(exc)}")
 
 
-def _sts_hint(operation: str, code: str, role: str, base: str, config: Config) -> str | None:
+def _sts_hint(operation: str, code: str, message: str, role: str, base: str,
+              config: Config) -> str | None:
     if operation == "AssumeRoleWithWebIdentity":
         if code in {"AccessDenied", "AccessDeniedException"}:
             return (f"the trust policy of {role} must allow sts:AssumeRoleWithWebIdentity for "
@@ -465,11 +466,11 @@ def _sts_hint(operation: str, code: str, role: str, base: str, config: Config) -
                 f"that STS is enabled in region {config.region!r}")
     if code == "RegionDisabledException":
         return f"activate STS in region {config.region!r} (IAM account settings) or change region"
-    if code == "ValidationError" and "Duration" in operation + code:
-        return "session_duration_in_seconds exceeds the role's maximum session duration"
+    if code == "ValidationError" and "duration" in message.lower():
+        return ("session_duration_in_seconds exceeds the role's maximum session duration "
+                "(raise the role's MaxSessionDuration or lower the setting)")
     if code == "ValidationError":
-        return ("session_duration_in_seconds may exceed the role's maximum session duration, "
-                "or role_arn is not a role ARN")
+        return "is role_arn a role's ARN (arn:aws:iam::<account>:role/<name>)?"
     return None
 
 
