@@ -118,7 +118,8 @@ def start(folder: Path | None = None, *, keep: bool = False,
         "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
         "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
     master, volume, filer, s3 = ports = free_ports(4)
-    command = [binary, "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+    # -logdir: glog's files go to the server's folder, not $TMPDIR (removed with the folder).
+    command = [binary, f"-logdir={folder}", "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
                f"-master.port={master}", f"-volume.port={volume}", "-filer",
                f"-filer.port={filer}", "-s3", f"-s3.port={s3}", f"-s3.config={identities}",
                "-master.volumeSizeLimitMB=256", "-volume.max=200",
