@@ -86,7 +86,7 @@ class Config:
                            choices=("standard", "adaptive"))
     max_attempts: int = _key(5, "Attempts per request, first one included.", kind="int",
                              minimum=1, maximum=20)
-    concurrency: int = _key(16, "Files moved at once.", kind="int", minimum=1, maximum=256)
+    concurrency: int = _key(64, "Files moved at once.", kind="int", minimum=1, maximum=256)
     strict_links: bool = _key(False, "A symlink or hard link leaving the data folder is an "
                                      "error rather than a skipped file.", kind="bool")
     when: str = _key("success", "When put --wait/--on-sigterm puts: after the main command "

@@ -1,4 +1,9 @@
-"""The S3 store: one request per small object, s3transfer's parallel multipart for large ones."""
+"""The S3 store: one request per small object, s3transfer's parallel multipart for large ones.
+
+Single objects, listings and manifests go through :mod:`.s3_http` (signed urllib3 requests, a
+quarter of botocore's CPU per request); the botocore client is made only when something needs
+it (multipart, HEAD, server-side copy), so a plain get never loads botocore's S3 model.
+"""
 
 from __future__ import annotations
 
@@ -6,27 +11,37 @@ import hashlib
 import os
 import threading
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
-from catalog_agent.aws import RetryCounter, count_retries, s3_client, translate
+from catalog_agent.aws import RetryCounter, s3_client, translate
 from catalog_agent.config import Config
 from catalog_agent.errors import IntegrityError, Interrupted, TransferError
 from catalog_agent.hashing import sha256_file
 from catalog_agent.local import open_regular
 from catalog_agent.stores.base import Fetched, ProgressCallback, StoredObject
+from catalog_agent.stores.s3_http import S3Http
 
 SHA_META = "sha256"  # x-amz-meta-sha256
 MODE_META = "mode"  # x-amz-meta-mode: "755" for executables
 MULTIPART_THRESHOLD = 16 * 1024 * 1024
 PART_SIZE = 8 * 1024 * 1024
 READ_CHUNK = 256 * 1024
+PART_WORKERS = 16  # part requests of one large object at once (each holds a part in memory)
 MAX_COPY_OBJECT = 5 * 1024 ** 3
 
 
 class S3Store:
     def __init__(self, client: Any, bucket: str, *, concurrency: int, attempts: int,
-                 extra_args: dict[str, str]) -> None:
-        self.client = client
+                 extra_args: dict[str, str], make_client: Callable[[], Any] | None = None,
+                 http: S3Http | None = None) -> None:
+        """``client``: a botocore client, or None with ``make_client`` to make it on first use.
+
+        ``http``: the lean path for single objects and listings; without it, botocore does all.
+        """
+        self._client = client
+        self._make_client = make_client
+        self._client_lock = threading.Lock()
+        self.http = http
         self.bucket = bucket
         self.location = f"s3://{bucket}"
         self.concurrency = concurrency
@@ -34,7 +49,21 @@ class S3Store:
         self.extra_args = extra_args
         self._manager: Any = None
         self._manager_lock = threading.Lock()
-        self.retry_counter: RetryCounter = count_retries(client)
+        self.retry_counter = RetryCounter()
+        if client is not None:
+            client.meta.events.register("request-created.s3",
+                                        self.retry_counter.on_request_created)
+
+    @property
+    def client(self) -> Any:
+        """The botocore client, made on first use (loading its model costs 0.3 s)."""
+        with self._client_lock:
+            if self._client is None:
+                assert self._make_client is not None
+                self._client = self._make_client()
+                self._client.meta.events.register("request-created.s3",
+                                                  self.retry_counter.on_request_created)
+            return self._client
 
     @property
     def retries(self) -> int:
@@ -48,9 +77,29 @@ class S3Store:
             extra["ServerSideEncryption"] = config.server_side_encryption
         if config.sse_kms_key_id:
             extra["SSEKMSKeyId"] = config.sse_kms_key_id
-        client = s3_client(config, pool_size=config.concurrency + 10)
-        return cls(client, config.s3_bucket, concurrency=config.concurrency,
-                   attempts=config.max_attempts, extra_args=extra)
+        from catalog_agent.credentials import make_session
+
+        session = make_session(config)
+        credentials = session.get_credentials()
+        if credentials is None:
+            from botocore.exceptions import NoCredentialsError
+
+            raise translate(NoCredentialsError(), f"read s3://{config.s3_bucket}")
+        pool_size = config.concurrency + 10
+        store = cls(None, config.s3_bucket, concurrency=config.concurrency,
+                    attempts=config.max_attempts, extra_args=extra,
+                    make_client=lambda: s3_client(config, pool_size=pool_size, session=session))
+
+        def keys() -> tuple[str, str, str | None]:
+            frozen = credentials.get_frozen_credentials()
+            return frozen.access_key, frozen.secret_key, frozen.token
+
+        store.http = S3Http(endpoint=_endpoint(config), region=config.region,
+                            bucket=config.s3_bucket, addressing_style=config.addressing_style,
+                            credentials=keys, pool_size=pool_size, attempts=config.max_attempts,
+                            verify=config.ca_bundle or config.verify_tls,
+                            on_retry=store.retry_counter.add)
+        return store
 
     @property
     def manager(self) -> Any:
@@ -61,7 +110,7 @@ class S3Store:
 
                 config = TransferConfig(multipart_threshold=MULTIPART_THRESHOLD,
                                         multipart_chunksize=PART_SIZE,
-                                        max_request_concurrency=max(4, self.concurrency),
+                                        max_request_concurrency=PART_WORKERS,
                                         max_io_queue_size=64)
                 self._manager = TransferManager(self.client, config)
             return self._manager
@@ -69,12 +118,26 @@ class S3Store:
     def close(self) -> None:
         if self._manager is not None:
             self._manager.shutdown()
+        if self.http is not None:
+            self.http.close()
+
+    def _headers(self, metadata: dict[str, str]) -> dict[str, str]:
+        """Request headers of the lean path: object metadata and server-side encryption."""
+        headers = {f"x-amz-meta-{k}": v for k, v in metadata.items()}
+        for arg, header in _SSE_HEADERS.items():
+            if arg in self.extra_args:
+                headers[header] = self.extra_args[arg]
+        return headers
 
     # --- listing and small documents ---
 
     def list(self, prefix: str) -> Iterator[StoredObject]:
-        paginator = self.client.get_paginator("list_objects_v2")
         try:
+            if self.http is not None:
+                for key, size, modified in self.http.list(prefix):
+                    yield StoredObject(key, size, modified=modified)
+                return
+            paginator = self.client.get_paginator("list_objects_v2")
             for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
                 for item in page.get("Contents", []):
                     yield StoredObject(item["Key"], int(item["Size"]),
@@ -94,6 +157,14 @@ class S3Store:
     def read_small(self, key: str, limit: int) -> bytes | None:
         try:
             for attempt in range(1, self.attempts + 1):
+                if self.http is not None:
+                    data = self._read_http(key, limit)
+                    if data is None:
+                        if attempt == self.attempts:
+                            raise ConnectionError(f"the body of {key} was cut short")
+                        self.retry_counter.add()
+                        continue
+                    return data
                 response = self.client.get_object(Bucket=self.bucket, Key=key)
                 if int(response["ContentLength"]) > limit:
                     response["Body"].close()
@@ -112,8 +183,25 @@ class S3Store:
                 return None
             raise translate(exc, f"read s3://{self.bucket}/{key}", bucket=self.bucket) from None
 
+    def _read_http(self, key: str, limit: int) -> bytes | None:
+        """A whole small object by the lean path; None when its body was cut short."""
+        response = self.http.get(key)  # type: ignore[union-attr]
+        try:
+            if int(response.headers.get("Content-Length", 0)) > limit:
+                raise IntegrityError(f"s3://{self.bucket}/{key} is larger than {limit} bytes")
+            try:
+                return response.read(decode_content=False)
+            except _transient_body_errors():
+                return None
+        finally:
+            response.release_conn()
+
     def write_small(self, key: str, data: bytes) -> None:
         try:
+            if self.http is not None:
+                headers = {"Content-Type": "application/json", **self._headers({})}
+                self.http.put(key, lambda: data, len(data), headers)
+                return
             self.client.put_object(Bucket=self.bucket, Key=key, Body=data,
                                    ContentType="application/json", **self.extra_args)
         except Exception as exc:  # noqa: BLE001
@@ -152,7 +240,11 @@ class S3Store:
             metadata[MODE_META] = "755"
         what = f"upload {source} to s3://{self.bucket}/{key}"
         try:
-            if size < MULTIPART_THRESHOLD:
+            if size < MULTIPART_THRESHOLD and self.http is not None:
+                headers = self._headers(metadata)
+                self.http.put(key, lambda: os.fdopen(open_regular(source), "rb"), size, headers)
+                progress(size)
+            elif size < MULTIPART_THRESHOLD:
                 fd = open_regular(source)
                 with os.fdopen(fd, "rb") as body:
                     self.client.put_object(Bucket=self.bucket, Key=key, Body=body,
@@ -194,23 +286,36 @@ class S3Store:
         for attempt in range(1, self.attempts + 1):
             if cancel.is_set():
                 raise Interrupted("stopped before the transfer finished")
-            response = self.client.get_object(Bucket=self.bucket, Key=key)
             digest = hashlib.sha256()
             moved = 0
+            if self.http is not None:
+                response = self.http.get(key)
+                chunks = response.stream(READ_CHUNK, decode_content=False)
+                release = response.release_conn
+                headers = response.headers
+                metadata = {k[len("x-amz-meta-"):]: v for k, v in headers.items()
+                            if k.lower().startswith("x-amz-meta-")}
+                stored = _stored(key, {"ContentLength": headers.get("Content-Length", 0),
+                                       "Metadata": {k.lower(): v for k, v in metadata.items()}})
+            else:
+                reply = self.client.get_object(Bucket=self.bucket, Key=key)
+                chunks = reply["Body"].iter_chunks(READ_CHUNK)
+                release = reply["Body"].close
+                stored = _stored(key, reply)
             try:
                 with open(target, "wb") as out:
-                    for chunk in response["Body"].iter_chunks(READ_CHUNK):
+                    for chunk in chunks:
                         out.write(chunk)
                         digest.update(chunk)
                         moved += len(chunk)
             except transient:
-                progress(-moved)
                 if attempt == self.attempts:
                     raise
                 self.retry_counter.add()
                 continue
+            finally:
+                release()
             progress(moved)
-            stored = _stored(key, response)
             return Fetched(digest.hexdigest(), stored.sha256, stored.executable)
         raise AssertionError("unreachable")
 
@@ -236,6 +341,19 @@ def _transient_body_errors() -> tuple[type[BaseException], ...]:
 
     return (ConnectionClosedError, IncompleteReadError, ReadTimeoutError,
             ResponseStreamingError, ProtocolError, ConnectionError)
+
+
+_SSE_HEADERS = {"ServerSideEncryption": "x-amz-server-side-encryption",
+                "SSEKMSKeyId": "x-amz-server-side-encryption-aws-kms-key-id"}
+
+
+def _endpoint(config: Config) -> str:
+    """The S3 endpoint botocore would use: the configured one, else AWS_ENDPOINT_URL(_S3)."""
+    if config.endpoint_url:
+        return config.endpoint_url
+    if os.environ.get("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "").lower() == "true":
+        return ""
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or ""
 
 
 def _stored(key: str, response: dict[str, Any]) -> StoredObject:
