@@ -360,3 +360,24 @@ def test_large_files_use_multipart_and_verify(agent, tmp_path: Path, s3, bucket:
     assert got.code == 0, got.output
     assert hashlib.sha256((tmp_path / "in" / "big.bin").read_bytes()).hexdigest() == \
         hashlib.sha256(data).hexdigest()
+
+
+def test_patterns_from_the_environment(agent, tmp_path: Path) -> None:
+    fill(tmp_path / "out", ["a.csv", "b.txt", "sub/c.csv"])
+    env = {"CATALOG_AGENT_PUT": "*.csv, sub", "CATALOG_AGENT_GET": "**/*.csv"}
+    assert agent("put", "--run-id", "r", "--step", "s", "--compute-data-folder",
+                 str(tmp_path / "out"), env=env).code == 0
+    assert agent("get", "--run-id", "r", "--compute-data-folder", str(tmp_path / "in"),
+                 env=env).code == 0
+    assert sorted(files_under(tmp_path / "in")) == ["a.csv", "sub/c.csv"]
+    none = agent("get", "--run-id", "r", "--compute-data-folder", str(tmp_path / "in"))
+    assert none.code == 2 and "nothing to get" in none.stderr
+
+
+def test_console_log_format_is_for_people(agent, tmp_path: Path) -> None:
+    fill(tmp_path / "out", ["a"])
+    ran = agent("put", "a", "--run-id", "r", "--step", "s", "--log-format", "console",
+                "--compute-data-folder", str(tmp_path / "out"))
+    assert ran.code == 0
+    line = ran.stderr.strip().splitlines()[-1]
+    assert not line.startswith("{") and "put.done" in line and "files=1" in line
