@@ -249,7 +249,7 @@ class LifecycleError(AgentError):
         super().__init__(cause.message, hint=cause.hint)
         self.exit_code = cause.exit_code
         self.kind = cause.kind
-        self.summary = facts
+        self.summary = {**getattr(cause, "summary", {}), **facts}
 
 
 def run_put(config: Any, lifecycle: Settings, cancel: threading.Event,

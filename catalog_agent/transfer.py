@@ -134,6 +134,12 @@ def run_pool(items: Iterable[T], work: Callable[[T], None], *, concurrency: int,
         raise TransferError(f"{type(first).__name__}: {first}") from first
 
 
+def _count_partial(exc: AgentError, progress: Progress, result: Result) -> None:
+    """What moved before a failure, for the termination message (files, bytes, skipped)."""
+    moved = {"files": progress.files, "bytes": progress.bytes, "skipped": result.skipped}
+    setattr(exc, "summary", {**getattr(exc, "summary", {}), **moved})
+
+
 def put(store: Store, items: list[PutItem], *, concurrency: int,
         cancel: threading.Event) -> Result:
     """Store every changed item; the manifest is the caller's, written only after this returns."""
@@ -148,6 +154,9 @@ def put(store: Store, items: list[PutItem], *, concurrency: int,
 
         try:
             run_pool(moving, upload, concurrency=concurrency, cancel=cancel)
+        except AgentError as exc:
+            _count_partial(exc, progress, result)
+            raise
         finally:
             result.files, result.bytes = progress.files, progress.bytes
     result.seconds = time.monotonic() - started
@@ -184,6 +193,9 @@ def get(store: Store, folder: Path, items: list[GetItem], *, concurrency: int,
 
         try:
             run_pool(moving, download, concurrency=concurrency, cancel=cancel)
+        except AgentError as exc:
+            _count_partial(exc, progress, result)
+            raise
         finally:
             result.files, result.bytes = progress.files, progress.bytes
     result.seconds = time.monotonic() - started
@@ -203,6 +215,9 @@ def copy(store: Store, items: list[CopyItem], *, concurrency: int,
 
         try:
             run_pool(items, copy_one, concurrency=concurrency, cancel=cancel)
+        except AgentError as exc:
+            _count_partial(exc, progress, result)
+            raise
         finally:
             result.files, result.bytes = progress.files, progress.bytes
     result.seconds = time.monotonic() - started

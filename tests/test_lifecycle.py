@@ -361,6 +361,8 @@ def test_sigterm_during_put_aborts_multipart_uploads_and_writes_no_manifest(
     assert len(keys(s3, bucket)) < 3
     message = pod.message()
     assert message["exit_code"] == 143 and "stopped" in message["error"]
+    # What moved before the stop: whole files only in "files" (none of the big ones finished).
+    assert message["files"] == len(keys(s3, bucket)) and message["skipped"] == 0
 
 
 def test_sigterm_during_get_leaves_no_partial_file(pod: Pod, agent: Any, s3: Any, bucket: str,
@@ -385,3 +387,6 @@ def test_sigterm_during_get_leaves_no_partial_file(pod: Pod, agent: Any, s3: Any
         assert name.startswith("big") and name.endswith(".bin"), left
         assert (target / name).read_bytes() == (source / name).read_bytes()
     assert len(left) < 3
+    message = pod.message()
+    assert message["command"] == "get" and message["exit_code"] == 143
+    assert message["files"] == len(left)
