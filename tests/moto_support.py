@@ -77,6 +77,15 @@ class MotoServer:
         finally:
             self._post("/moto-api/reset-auth", b"inf")
 
+    @contextmanager
+    def auth_paused(self) -> Iterator[None]:
+        """Within an enforce_auth block: let the test's own setup calls through."""
+        self._post("/moto-api/reset-auth", b"inf")
+        try:
+            yield
+        finally:
+            self._post("/moto-api/reset-auth", b"0")
+
     def issued(self) -> list[dict[str, Any]]:
         """Every STS session moto issued (AssumeRole and web identity), secrets included."""
         with urllib.request.urlopen(self.endpoint + "/moto-api/data.json", timeout=10) as r:

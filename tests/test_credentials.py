@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any, Iterator
@@ -409,6 +410,58 @@ def test_credentials_refreshed_during_a_transfer(cred_agent: Agent, tmp_path: Pa
             assert token not in ran.output
     print(f"put {put_done['seconds']} s: {len(put_refreshes)} refreshes; get: "
           f"{len(got_refreshes)} refreshes; {sts_calls} STS calls")
+
+
+def test_refresh_refused_mid_transfer_stops_with_exit_4(cred_agent: Agent, tmp_path: Path,
+                                                        moto_server: MotoServer,  # noqa: F811
+                                                        moto_bucket: str) -> None:
+    """The role's trust is withdrawn while a put runs: the refresh fails, the put stops.
+
+    Exit 4 naming AssumeRole and the trust policy, and no manifest: the step never looks
+    complete with credentials that could not be renewed.
+    """
+    user_arn, key, secret = make_user(moto_server, unique("revoked"), ["sts:AssumeRole"])
+    role = make_role(moto_server, unique("revoked-role"), user_arn)
+    data = tmp_path / "many"
+    data.mkdir()
+    for i in range(400):
+        (data / f"f-{i:03d}.txt").write_bytes(os.urandom(16 * 1024))
+    env = {**cred_agent.env, "K": key, "S": secret, REFRESH_HOOK: "1"}
+    before = moto_server.sts_calls()
+    with moto_server.enforce_auth():
+        process = subprocess.Popen(
+            [sys.executable, "-m", "catalog_agent", "put", "**", "--run-id", "r-revoked",
+             "--step", "s1", "--compute-data-folder", str(data), "--use-credentials",
+             "--aws-access-key-name", "K", "--aws-secret-access-key-name", "S",
+             "--role-arn", role, "--concurrency", "1"], cwd=cred_agent.cwd, env=env,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 60
+            while moto_server.sts_calls() == before and process.poll() is None:
+                assert time.monotonic() < deadline, "the agent never assumed the role"
+                time.sleep(0.05)
+            # The first session is issued: now nobody may assume the role any more.
+            with moto_server.auth_paused():
+                moto_server.client("iam").update_assume_role_policy(
+                    RoleName=role.rsplit("/", 1)[1], PolicyDocument=json.dumps({
+                        "Version": "2012-10-17", "Statement": [{
+                            "Effect": "Allow", "Action": "sts:AssumeRole",
+                            "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:user/nobody"}}]}))
+            stdout, stderr = process.communicate(timeout=300)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+    ran = Ran(process.returncode, stdout, stderr)
+    error = assert_one_error_line(ran, 4, "AssumeRole", "AccessDenied", "trust policy")
+    assert role in error["event"]
+    print(error["event"])
+    assert any(e["event"] == "credentials.refresh_failed" for e in events(ran))
+    keys = [o["Key"] for o in moto_server.client("s3").list_objects_v2(
+        Bucket=moto_bucket, Prefix="pipelines/r-revoked/").get("Contents", [])]
+    assert keys, "nothing was uploaded before the refresh: the test proves nothing"
+    assert not [k for k in keys if "/.catalog-agent/manifests/" in k], keys
+    assert_clean(ran, cred_agent, moto_server, secret)
 
 
 # --- failures: exit 4, one line, a hint, no secret ---
