@@ -14,7 +14,7 @@ from typing import Any
 
 from catalog_agent import local, manifest, patterns, plan, run_state, transfer
 from catalog_agent.config import Config, require_run
-from catalog_agent.errors import ConfigError
+from catalog_agent.errors import ConfigError, Interrupted
 from catalog_agent.hashing import sha256_file
 from catalog_agent.keys import manifest_key
 from catalog_agent.logs import get_logger
@@ -43,10 +43,23 @@ def _summary(command: str, result: transfer.Result, **extra: Any) -> dict[str, A
             "mb_per_second": result.mb_per_second, **extra}
 
 
-def _hash_all(entries: list[local.LocalEntry], concurrency: int) -> list[str]:
-    """SHA-256 of each file, a few at a time (hashlib releases the GIL on large buffers)."""
+def _hash_all(entries: list[local.LocalEntry], concurrency: int,
+              cancel: threading.Event) -> list[str]:
+    """SHA-256 of each file, a few at a time (hashlib releases the GIL on large buffers).
+
+    SIGTERM stops it between files: hashing a large folder must not outlast the grace period.
+    """
+    def one(entry: local.LocalEntry) -> str:
+        _stop_if(cancel)
+        return sha256_file(entry.path)
+
     with ThreadPoolExecutor(max_workers=max(1, min(concurrency, os.cpu_count() or 1, 8))) as pool:
-        return list(pool.map(lambda e: sha256_file(e.path), entries))
+        return list(pool.map(one, entries))
+
+
+def _stop_if(cancel: threading.Event) -> None:
+    if cancel.is_set():
+        raise Interrupted("stopped before the transfer started; nothing was written")
 
 
 def check_put(config: Config, given: tuple[str, ...]) -> None:
@@ -67,7 +80,7 @@ def put(config: Config, given: tuple[str, ...], *, record: str | None,
                                      where=f"data folder {folder}")
     for item in skipped:
         log.warning("skipped", path=item.relative, reason=item.reason)
-    hashes = _hash_all(files, config.concurrency)
+    hashes = _hash_all(files, config.concurrency, cancel)
 
     store = open_store(config)
     try:
@@ -110,7 +123,8 @@ def get(config: Config, given: tuple[str, ...], *, record: str | None,
         where = f"{store.location}/{config.run_prefix}"
         candidates = plan.select_get(state, wanted, allow_missing=config.allow_missing,
                                      where=where)
-        items = plan.plan_get(candidates, lambda rel, size: _local_sha256(folder, rel, size))
+        items = plan.plan_get(candidates, lambda rel, size: _stop_if(cancel) or
+                              _local_sha256(folder, rel, size))
         result = transfer.get(store, folder, items, concurrency=config.concurrency,
                               cancel=cancel)
     finally:

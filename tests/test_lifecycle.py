@@ -390,3 +390,20 @@ def test_sigterm_during_get_leaves_no_partial_file(pod: Pod, agent: Any, s3: Any
     message = pod.message()
     assert message["command"] == "get" and message["exit_code"] == 143
     assert message["files"] == len(left)
+
+
+def test_hashing_before_a_put_stops_on_sigterm(tmp_path: Path) -> None:
+    """Hashing a large folder must not outlast the grace period: it stops between files."""
+    import threading
+
+    from catalog_agent import commands, local
+    from catalog_agent.errors import Interrupted
+
+    for index in range(4):
+        (tmp_path / f"f{index}").write_bytes(b"x" * 1000)
+    entries = local.scan(tmp_path)
+    cancel = threading.Event()
+    assert len(commands._hash_all(entries, 4, cancel)) == 4
+    cancel.set()
+    with pytest.raises(Interrupted):
+        commands._hash_all(entries, 4, cancel)
