@@ -535,3 +535,125 @@ def iter_values_comments() -> Iterator[tuple[int, str, bool]]:
 def test_every_value_is_commented() -> None:
     bare = [f"{n}: {line}" for n, line, commented in iter_values_comments() if not commented]
     assert bare == []
+
+
+# --- the rendered manifests run: pod runner (podman, the real image) against SeaweedFS ------------
+
+@pytest.fixture(scope="session")
+def chart_image() -> str:
+    """The agent image built from the Dockerfile (tests/podman_support.py)."""
+    support = pytest.importorskip("podman_support", reason="tests/podman_support.py is missing")
+    support.require_podman()
+    return support.build_agent_image().tag
+
+
+@pytest.fixture
+def pod_runner():  # noqa: ANN201 - the runner module
+    return pytest.importorskip("podrunner", reason="tests/podrunner.py is missing")
+
+
+def seed_run(agent, tmp_path: Path, run_id: str) -> None:  # noqa: ANN001
+    """The run's inputs, put by the real agent as an earlier step would: raw/input.csv."""
+    seed = tmp_path / "seed"
+    (seed / "raw").mkdir(parents=True)
+    (seed / "raw" / "input.csv").write_text("a,1\nb,2\nc,3\n")
+    ran = agent("put", "raw/**", "--run-id", run_id, "--step", "seed", "--prefix", "pipelines",
+                "--compute-data-folder", str(seed))
+    assert ran.code == 0, ran.output
+
+
+def run_values(tmp_path: Path, image: str, s3_server, bucket: str, run_id: str,  # noqa: ANN001
+               command: list[str] | None = None) -> tuple[Path, dict[str, Any]]:
+    """Values pointing an example at the session's SeaweedFS, keys from a Secret via envFrom."""
+    repository, tag = image.rsplit(":", 1)
+    values: dict[str, Any] = {
+        "runId": run_id,
+        "step": "train",
+        "main": {"image": image},
+        "catalog-agent": {
+            "image": {"repository": repository, "tag": tag, "pullPolicy": "Never"},
+            "catalog": {"config": {"s3_bucket": bucket, "prefix": "pipelines",
+                                   "region": "us-east-1", "endpoint_url": s3_server.endpoint,
+                                   "addressing_style": "path"}},
+            "envFrom": [{"secretRef": {"name": "s3-keys"}}],
+        },
+    }
+    if command:
+        values["main"]["command"] = command
+    path = tmp_path / "run-values.yaml"
+    path.write_text(yaml.safe_dump(values))
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3-keys"},
+              "stringData": {"AWS_ACCESS_KEY_ID": s3_server.access_key,
+                             "AWS_SECRET_ACCESS_KEY": s3_server.secret_key}}
+    return path, secret
+
+
+def workload_objects(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What `helm install` creates (not the `helm test` hook pod)."""
+    return [d for d in docs if "helm.sh/hook" not in (d["metadata"].get("annotations") or {})]
+
+
+def keys_under(s3: Any, bucket: str, prefix: str) -> list[str]:
+    listed = s3.list_objects_v2(Bucket=bucket, Prefix=prefix)
+    return sorted(item["Key"] for item in listed.get("Contents", []))
+
+
+@pytest.mark.parametrize("example_name, put_name", [("job", "catalog-put"),
+                                                   ("native-sidecar-pod", "catalog-put")])
+def test_rendered_example_runs_get_main_put(helm: str, example, chart_image: str,  # noqa: ANN001
+                                            pod_runner, agent, s3_server, s3: Any,
+                                            bucket: str, tmp_path: Path, example_name: str,
+                                            put_name: str) -> None:
+    run_id = f"run-{example_name}"
+    seed_run(agent, tmp_path, run_id)
+    values, secret = run_values(tmp_path, chart_image, s3_server, bucket, run_id)
+    docs = workload_objects(render(helm, example(example_name), values))
+    result = pod_runner.run_pod(tmp_path / "pod", docs, [secret], timeout=300)
+    assert result.phase == "Succeeded", result.describe()
+    for status in result.containers:
+        assert status.exit_code == 0, result.describe()
+    put = result.status(put_name)
+    if example_name == "native-sidecar-pod":
+        assert put.kind == "sidecar" and put.signalled == "SIGTERM", result.describe()
+        assert not put.exited_early
+    message = json.loads(put.message)
+    assert message["command"] == "put" and message["exit_code"] == 0, put.message
+    body = s3.get_object(Bucket=bucket, Key=f"pipelines/{run_id}/model/lines.txt")["Body"].read()
+    assert body.split() == [b"3", b"/data/raw/input.csv"]
+    manifests = keys_under(s3, bucket, f"pipelines/{run_id}/.catalog-agent/manifests/")
+    assert f"pipelines/{run_id}/.catalog-agent/manifests/train.json" in manifests
+    get = json.loads(result.status("catalog-get").message)
+    assert get["command"] == "get" and get["files"] == 1, get
+
+
+def test_rendered_job_with_a_failing_step_puts_nothing(helm: str, example, chart_image: str,  # noqa: ANN001
+                                                       pod_runner, agent, s3_server, s3: Any,
+                                                       bucket: str, tmp_path: Path) -> None:
+    run_id = "run-failing"
+    seed_run(agent, tmp_path, run_id)
+    values, secret = run_values(tmp_path, chart_image, s3_server, bucket, run_id, command=[
+        "sh", "-c", "mkdir -p /data/model && echo partial > /data/model/lines.txt && exit 3"])
+    docs = workload_objects(render(helm, example("job"), values))
+    result = pod_runner.run_pod(tmp_path / "pod", docs, [secret], timeout=300)
+    assert result.phase == "Failed", result.describe()
+    assert result.status("main").exit_code == 3, result.describe()
+    put = result.status("catalog-put")
+    assert put.exit_code == 0, result.describe()
+    assert json.loads(put.message)["decision"] == "skipped", put.message
+    assert keys_under(s3, bucket, f"pipelines/{run_id}/model/") == []
+    assert keys_under(s3, bucket, f"pipelines/{run_id}/.catalog-agent/manifests/train") == []
+
+
+def test_helm_test_pod_reads_the_installed_config(helm: str, chart_image: str,  # noqa: ANN001
+                                                  pod_runner, tmp_path: Path) -> None:
+    """`helm test`'s pod: the real image reads the rendered ConfigMap at the default path."""
+    repository, tag = chart_image.rsplit(":", 1)
+    docs = render(helm, CHART, VALUES / "full.yaml", sets=(
+        f"image.repository={repository}", f"image.tag={tag}", "image.pullPolicy=Never",
+        "envFrom=null"))
+    pod = [d for d in of_kind(docs, "Pod")]
+    result = pod_runner.run_pod(tmp_path / "pod", [*pod, *of_kind(docs, "ConfigMap")],
+                                timeout=120)
+    assert result.phase == "Succeeded", result.describe()
+    logs = result.status("config").output
+    assert "my-catalog.eu" in logs and "file /etc/catalog-agent/config.yaml" in logs, logs
