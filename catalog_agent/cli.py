@@ -57,8 +57,12 @@ def _early_logging(flags: dict[str, Any]) -> None:
 
     fmt = flags.get("log_format") or os.environ.get("CATALOG_AGENT_LOG_FORMAT", "auto")
     level = flags.get("log_level") or os.environ.get("CATALOG_AGENT_LOG_LEVEL", "info")
+    from catalog_agent.credentials import secret_values
+
+    # Secrets are known before the configuration is: a config error may quote one.
     configure(fmt=fmt if fmt in {"auto", "json", "console"} else "auto",
-              level=level if level in {"debug", "info", "warning", "error"} else "info")
+              level=level if level in {"debug", "info", "warning", "error"} else "info",
+              secrets=secret_values())
 
 
 def run(command: str, body: Callable[[Config, threading.Event], dict[str, Any] | None],
@@ -101,6 +105,8 @@ def run(command: str, body: Callable[[Config, threading.Event], dict[str, Any] |
             raise
     summary["exit_code"] = code
     summary.setdefault("seconds", round(time.monotonic() - started, 3))
+    if "error" in summary:
+        summary["error"] = logs.scrub_text(str(summary["error"]))
     write_termination_message(summary)
     sys.exit(code)
 
@@ -255,7 +261,9 @@ def config_command(**kwargs: Any) -> None:
             from catalog_agent.check import report
 
             return report(config, as_json=own["as_json"], echo=click.echo)
-        rows = describe(config)
+        from catalog_agent.logs import scrub_text
+
+        rows = [(k, scrub_text(v), s) for k, v, s in describe(config)]
         if own["as_json"]:
             click.echo(json.dumps({k: {"value": v, "source": s} for k, v, s in rows}, indent=1))
         else:

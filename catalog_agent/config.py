@@ -189,6 +189,9 @@ def _coerce(spec: KeySpec, value: Any, source: str) -> Any:
                               f"{spec.minimum}..{spec.maximum} {where}")
         return number
     if spec.kind == "list":
+        if any(isinstance(v, str) and not _is_utf8(v)
+               for v in (value if isinstance(value, list) else [value])):
+            raise ConfigError(f"{spec.name}: is not valid UTF-8 text {where}")
         if textual:
             items = [item.strip() for item in value.split(",")]
             return tuple(item for item in items if item)
@@ -201,11 +204,22 @@ def _coerce(spec: KeySpec, value: Any, source: str) -> Any:
                           f"{_show(value)} {where}")
     if "\x00" in value:
         raise ConfigError(f"{spec.name}: contains a NUL character {where}")
+    if not _is_utf8(value):
+        raise ConfigError(f"{spec.name}: is not valid UTF-8 text {where}")
     if spec.kind == "choice" and value not in spec.choices:
         shown = ", ".join(repr(c) for c in spec.choices)
         raise ConfigError(f"{spec.name}: {_show(value)} is not one of {shown} {where}"
                           f"{_suggest(value, list(spec.choices))}")
     return value
+
+
+def _is_utf8(value: str) -> bool:
+    """False for undecodable bytes (surrogate escapes), which no S3 key or log can carry."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _show(value: Any) -> str:

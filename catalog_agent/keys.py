@@ -34,6 +34,10 @@ def unsafe_reason(relative: str) -> str | None:
         return "NUL character"
     if "\\" in relative:
         return "backslash"
+    try:
+        relative.encode("utf-8")
+    except UnicodeEncodeError:
+        return "not valid UTF-8"
     if relative.startswith("/"):
         return "absolute path"
     if len(relative.encode("utf-8", "surrogateescape")) > MAX_PATH_BYTES:

@@ -64,7 +64,10 @@ def scan(folder: Path) -> list[LocalEntry]:
         names = filenames + [d for d in dirnames if os.path.islink(base / d)]
         for name in sorted(names):
             relative = f"{rel_dir}/{name}" if rel_dir else name
-            entries.append(_classify(root, base / name, relative, inode_seen))
+            try:
+                entries.append(_classify(root, base / name, relative, inode_seen))
+            except FileNotFoundError:  # removed while we looked: not part of this put
+                continue
     if errors:
         first = errors[0]
         raise TransferError(f"cannot read {first.filename}: {first.strerror}")

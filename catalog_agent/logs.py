@@ -27,6 +27,13 @@ def _scrub(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
     return event
 
 
+def scrub_text(text: str) -> str:
+    """``text`` with every known secret value replaced: for output that is not a log event."""
+    for secret in _secrets:
+        text = text.replace(secret, "***")
+    return text
+
+
 def configure(*, fmt: str = "auto", level: str = "info", stream: TextIO | None = None,
               secrets: list[str] | None = None) -> None:
     stream = stream or sys.stderr

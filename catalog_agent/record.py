@@ -19,15 +19,21 @@ MAX_TERMINATION_BYTES = 4096
 def termination_message(summary: dict[str, Any]) -> bytes:
     """``summary`` as compact JSON, its error shortened until the whole fits in 4 KiB."""
     data = dict(summary)
-    encoded = json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    encoded = _encode(data)
     while len(encoded) > MAX_TERMINATION_BYTES and data.get("error"):
         error = str(data["error"])
         data["error"] = error[: max(0, len(error) - (len(encoded) - MAX_TERMINATION_BYTES) - 4)] + "..."
-        encoded = json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        encoded = _encode(data)
     if len(encoded) > MAX_TERMINATION_BYTES:
         slim = {k: data[k] for k in ("command", "exit_code") if k in data}
         encoded = json.dumps(slim, separators=(",", ":")).encode("utf-8")
     return encoded
+
+
+def _encode(data: dict[str, Any]) -> bytes:
+    # backslashreplace: a file name with undecodable bytes must not stop the message itself
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode(
+        "utf-8", "backslashreplace")
 
 
 def write_termination_message(summary: dict[str, Any], path: str | None = None) -> bool:
