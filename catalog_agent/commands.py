@@ -51,7 +51,9 @@ def _hash_all(entries: list[local.LocalEntry], concurrency: int,
     """
     def one(entry: local.LocalEntry) -> str:
         _stop_if(cancel)
-        return sha256_file(entry.path)
+        # Opened without blocking and checked: a file swapped for a FIFO since the scan would
+        # otherwise block this read for ever.
+        return sha256_file(local.open_regular(entry.path))  # type: ignore[arg-type]
 
     with ThreadPoolExecutor(max_workers=max(1, min(concurrency, os.cpu_count() or 1, 8))) as pool:
         return list(pool.map(one, entries))

@@ -214,3 +214,48 @@ def test_an_absurd_manifest_makes_get_exit_6_and_write_nothing(agent, s3, bucket
     assert len(errors) == 1, errors
     assert "manifest" in errors[0]["event"] or "larger than" in errors[0]["event"], errors
     assert not into.exists() or list(into.rglob("*")) == []
+
+
+def test_a_file_swapped_for_a_fifo_after_the_scan_is_refused_not_waited_on(tmp_path: Path
+                                                                            ) -> None:
+    """The race between scan and hash, played in-process: exit-6 error, never a blocked read."""
+    import threading
+
+    from catalog_agent import commands, local
+    from catalog_agent.errors import IntegrityError
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "a.txt").write_text("a")
+    entries = local.scan(folder)
+    (folder / "a.txt").unlink()
+    os.mkfifo(folder / "a.txt")
+    outcome: list[BaseException | list[str]] = []
+
+    def hash_them() -> None:
+        try:
+            outcome.append(commands._hash_all(entries, 1, threading.Event()))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            outcome.append(exc)
+
+    worker = threading.Thread(target=hash_them, daemon=True)
+    worker.start()
+    worker.join(30)
+    assert not worker.is_alive(), "hashing blocked on a FIFO"
+    assert isinstance(outcome[0], IntegrityError), outcome
+
+
+def test_put_skips_a_local_name_that_is_not_valid_utf8(agent, s3, bucket, tmp_path: Path
+                                                       ) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "good.txt").write_text("good")
+    with open(os.path.join(os.fsencode(out), b"bad-\xff.txt"), "wb") as handle:
+        handle.write(b"bad")
+    ran = agent("put", "**", "--run-id", "utf", "--step", "s", "--compute-data-folder",
+                str(out))
+    assert ran.code == 0, ran.output[-2000:]
+    skipped = [e for e in error_events(ran.stderr) if e["event"] == "skipped"]
+    assert len(skipped) == 1 and "UTF-8" in skipped[0]["reason"]
+    assert {k for k in stored_keys(s3, bucket, "utf/") if ".catalog-agent" not in k} == \
+        {"utf/good.txt"}

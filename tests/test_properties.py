@@ -167,3 +167,15 @@ def test_the_cli_turns_hostile_configuration_into_exit_2(offline_agent, tmp_path
         assert "Traceback" not in ran.output
         lines = [json.loads(line) for line in ran.stderr.splitlines() if line.startswith("{")]
         assert [e["level"] for e in lines] == ["error"], ran.stderr
+
+
+def test_the_cli_refuses_undecodable_bytes_in_the_environment(offline_agent,
+                                                              tmp_path: Path) -> None:
+    """A run id with bytes that are not UTF-8 (os.environ holds them as surrogates): exit 2."""
+    for name in ("CATALOG_AGENT_RUN_ID", "CATALOG_AGENT_PREFIX", "CATALOG_AGENT_PUT"):
+        ran = offline_agent("put", "--step", "s", env={name: "run-\udcff",
+                                                       "CATALOG_AGENT_RUN_ID": "r"}
+                            if name != "CATALOG_AGENT_RUN_ID" else {name: "run-\udcff"})
+        assert ran.code == 2, ran.output[-2000:]
+        assert "Traceback" not in ran.output and "UTF-8" in ran.stderr
+        assert json.loads((tmp_path / "termination-log").read_text())["exit_code"] == 2
