@@ -79,9 +79,9 @@ class S3Http:
 
     # --- operations ---
 
-    def get(self, key: str) -> urllib3.HTTPResponse:
-        """GET an object; the caller streams ``response`` and must ``release_conn()`` it."""
-        return self.request("GET", key, operation="GetObject")
+    def get(self, key: str, headers: dict[str, str] | None = None) -> urllib3.HTTPResponse:
+        """GET an object (or a Range of it); the caller streams and must ``release_conn()``."""
+        return self.request("GET", key, operation="GetObject", headers=headers)
 
     def put(self, key: str, body: Callable[[], Any], length: int, headers: dict[str, str],
             operation: str = "PutObject") -> urllib3.HTTPResponse:
