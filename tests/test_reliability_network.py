@@ -92,6 +92,8 @@ def test_put_and_get_of_500_files_survive_a_faulty_network(agent, s3_server, tmp
 
     # The summary events count the retries the faults forced.
     put_done, get_done = done_event(put.stderr, "put"), done_event(got.stderr, "get")
+    print(f"faults injected {faults} over {proxy.requests} requests; retries counted: "
+          f"put {put_done['retries']}, get {get_done['retries']}")
     assert put_done["files"] == FILES and get_done["files"] == FILES
     assert put_done["retries"] > 0 and get_done["retries"] > 0
     # Every fault costs at least one retry (a delay costs none).
