@@ -402,13 +402,13 @@ def _register(session: botocore.session.Session, creds: botocore.credentials.Cre
     """Make ``session.create_client`` use ``creds`` (refreshable ones keep refreshing)."""
     from botocore.credentials import CredentialProvider, CredentialResolver
 
-    class Resolved_(CredentialProvider):
+    class Fixed(CredentialProvider):
         METHOD = getattr(creds, "method", "catalog-agent") or "catalog-agent"
 
         def load(self) -> botocore.credentials.Credentials:
             return creds
 
-    session.register_component("credential_provider", CredentialResolver([Resolved_()]))
+    session.register_component("credential_provider", CredentialResolver([Fixed()]))
 
 
 def sts_error(exc: BaseException, operation: str, config: Config, *, role_arn: str = "",
