@@ -171,6 +171,41 @@ def test_refresh_windows_scale_with_the_session() -> None:
     assert refresh_windows(43200) == (900, 600)
 
 
+def test_region_picks_the_regional_sts_endpoint_and_s3_region(monkeypatch: pytest.MonkeyPatch,
+                                                              tmp_path: Path) -> None:
+    from catalog_agent import credentials
+    from catalog_agent.aws import s3_client
+    from catalog_agent.config import load
+
+    for name in [n for n in os.environ if n.startswith(("AWS_", "CATALOG_AGENT_"))]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("CATALOG_AGENT_CONFIG", str(tmp_path / "none.yaml"))
+    (tmp_path / "none.yaml").write_text("")
+    default = load(flags={"s3_bucket": "b"})
+    assert default.region == "eu-west-1"
+    sts = credentials._sts_creator(default)("sts", aws_access_key_id="AKIAX",
+                                             aws_secret_access_key="x")
+    assert sts.meta.endpoint_url == "https://sts.eu-west-1.amazonaws.com"
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEXAMPLEEXAMPLE01")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-a-real-secret")
+    assert s3_client(default, pool_size=1).meta.region_name == "eu-west-1"
+    other = load(flags={"s3_bucket": "b", "region": "ap-southeast-2"})
+    assert credentials._sts_creator(other)("sts").meta.endpoint_url == \
+        "https://sts.ap-southeast-2.amazonaws.com"
+    pointed = load(flags={"s3_bucket": "b", "sts_endpoint_url": "http://127.0.0.1:9"})
+    assert credentials._sts_creator(pointed)("sts").meta.endpoint_url == "http://127.0.0.1:9"
+
+
+def test_empty_aws_profile_means_the_default_chain(cred_agent: Agent, irsa: dict[str, str],
+                                                   moto_server: MotoServer) -> None:  # noqa: F811
+    ran = cred_agent("config", "--check", "--run-id", "r1",
+                     env={**irsa, "CATALOG_AGENT_AWS_PROFILE": ""})
+    assert ran.code == 0, ran.output
+    assert check_lines(ran)["credentials"][1] == "irsa"
+    assert_clean(ran, cred_agent, moto_server)
+
+
 # --- every method that can win ---
 
 
