@@ -347,7 +347,7 @@ def refresh_windows(lifetime: float) -> tuple[int, int]:
     Advisory: one thread tries while the others carry on; mandatory: every request waits.
     """
     hook = os.environ.get(REFRESH_HOOK, "")
-    if hook:
+    if hook.isdigit():
         after = max(1, int(hook))
         advisory = max(1, int(lifetime) - after)
         return advisory, max(0, advisory - 1)

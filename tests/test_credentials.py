@@ -540,14 +540,20 @@ def test_missing_profile_file_or_profile_names_both(cred_agent: Agent, tmp_path:
     assert_clean(ran, cred_agent, moto_server, secret)
 
 
+@pytest.mark.parametrize("variable", ["AWS_WEB_IDENTITY_TOKEN_FILE",
+                                      "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"])
 def test_unreadable_token_file_hints_at_fsgroup(cred_agent: Agent, irsa: dict[str, str],
-                                                moto_server: MotoServer) -> None:  # noqa: F811
-    """As on EKS without fsGroup: the token is another user's, mode 0600.
+                                                moto_server: MotoServer,  # noqa: F811
+                                                variable: str) -> None:
+    """As on EKS without fsGroup: the token (IRSA or Pod Identity) is another user's, 0600.
 
     As root, the agent runs without CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH (setpriv), so
     file permissions bind it as they bind a non-root container user.
     """
-    token = Path(irsa["AWS_WEB_IDENTITY_TOKEN_FILE"])
+    if variable != "AWS_WEB_IDENTITY_TOKEN_FILE":
+        irsa = {variable: irsa["AWS_WEB_IDENTITY_TOKEN_FILE"],
+                "AWS_CONTAINER_CREDENTIALS_FULL_URI": "http://127.0.0.1:9/v1/credentials"}
+    token = Path(irsa[variable])
     token.chmod(0o600)
     if os.geteuid() == 0:
         setpriv = shutil.which("setpriv")
@@ -565,7 +571,7 @@ def test_unreadable_token_file_hints_at_fsgroup(cred_agent: Agent, irsa: dict[st
         ran = cred_agent("config", "--check", "--run-id", "r1", env=irsa)
         token.chmod(0o600)
     error = assert_one_error_line(ran, 4, str(token), "not readable", "fsGroup")
-    assert "AWS_WEB_IDENTITY_TOKEN_FILE" in error["event"]
+    assert variable in error["event"]
     assert_clean(ran, cred_agent, moto_server)
 
 
