@@ -19,7 +19,7 @@ from catalog_agent.errors import IntegrityError, Interrupted, TransferError
 from catalog_agent.hashing import sha256_file
 from catalog_agent.local import open_regular
 from catalog_agent.stores.base import Fetched, ProgressCallback, StoredObject
-from catalog_agent.stores.s3_http import S3Http
+from catalog_agent.stores.s3_http import FileSlice, S3Http
 
 SHA_META = "sha256"  # x-amz-meta-sha256
 MODE_META = "mode"  # x-amz-meta-mode: "755" for executables
@@ -217,6 +217,12 @@ class S3Store:
         """
         aborted = 0
         try:
+            if self.http is not None:  # no botocore client (0.3 s) for a put of small files
+                for key, upload_id in list(self.http.uploads(prefix)):
+                    if key in keys:
+                        self.http.abort(key, upload_id)
+                        aborted += 1
+                return aborted
             paginator = self.client.get_paginator("list_multipart_uploads")
             for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
                 for upload in page.get("Uploads", []):
@@ -245,6 +251,8 @@ class S3Store:
                 headers = self._headers(metadata)
                 self.http.put(key, lambda: os.fdopen(open_regular(source), "rb"), size, headers)
                 progress(size)
+            elif self.http is not None:
+                self._put_large(source, key, size, self._headers(metadata), progress, cancel)
             elif size < MULTIPART_THRESHOLD:
                 fd = open_regular(source)
                 with os.fdopen(fd, "rb") as body:
@@ -261,6 +269,42 @@ class S3Store:
             raise
         except Exception as exc:  # noqa: BLE001
             raise translate(exc, what, bucket=self.bucket) from None
+
+    def _put_large(self, source: Path, key: str, size: int, headers: dict[str, str],
+                   progress: ProgressCallback, cancel: threading.Event) -> None:
+        """Parallel multipart upload, each part sent straight from the file (none in memory).
+
+        Any failure or a cancel aborts the upload, so no orphaned parts are left to pay for.
+        """
+        http = self.http
+        assert http is not None
+        fd = open_regular(source)
+        try:
+            upload_id = http.create_upload(key, headers)
+            parts = [(start, min(start + PART_SIZE, size)) for start in range(0, size, PART_SIZE)]
+            etags = [""] * len(parts)
+
+            def send(index: int) -> None:
+                start, end = parts[index]
+                with self._part_slots:
+                    response = http.put(key, lambda: FileSlice(fd, start, end), end - start, {},
+                                        operation="UploadPart",
+                                        query={"partNumber": str(index + 1),
+                                               "uploadId": upload_id})
+                etags[index] = response.headers.get("ETag", "")
+                progress(end - start)
+
+            try:
+                _parallel(len(parts), send, cancel)
+                http.complete_upload(key, upload_id, etags)
+            except BaseException:
+                try:
+                    http.abort(key, upload_id)
+                except Exception:  # noqa: BLE001 - the first failure is the one to report
+                    pass
+                raise
+        finally:
+            os.close(fd)
 
     def download(self, key: str, target: Path, *, size: int, progress: ProgressCallback,
                  cancel: threading.Event) -> Fetched:
@@ -469,6 +513,36 @@ def _transient_body_errors() -> tuple[type[BaseException], ...]:
 
 _SSE_HEADERS = {"ServerSideEncryption": "x-amz-server-side-encryption",
                 "SSEKMSKeyId": "x-amz-server-side-encryption-aws-kms-key-id"}
+
+
+def _parallel(count: int, work: Callable[[int], None], cancel: threading.Event) -> None:
+    """``work(0..count-1)`` on up to PART_WORKERS threads; the first failure stops the rest."""
+    following = iter(range(count))
+    lock = threading.Lock()
+    failure: list[BaseException] = []
+
+    def worker() -> None:
+        while not failure:
+            if cancel.is_set():
+                failure.append(Interrupted("stopped before the transfer finished"))
+                return
+            with lock:
+                index = next(following, None)
+            if index is None:
+                return
+            try:
+                work(index)
+            except BaseException as exc:  # noqa: BLE001 - raised below, in the caller
+                failure.append(exc)
+
+    threads = [threading.Thread(target=worker, daemon=True)
+               for _ in range(min(PART_WORKERS, count))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if failure:
+        raise next((f for f in failure if not isinstance(f, Interrupted)), failure[0])
 
 
 def _endpoint(config: Config) -> str:
