@@ -1,7 +1,8 @@
 """Run the benchmark: every tool, every data set, both directions, alternating, on one server.
 
 Times are wall-clock from process start to exit; peak memory is the child's own ru_maxrss
-(os.wait4), so a tool that forks helpers would be under-counted (none of these does). Every
+(os.wait4 in bench/launch.py), so a tool that forks helpers would be under-counted (none of
+these does). Every
 time is reported beside the ratio to s5cmd measured in the same run, because the machine is
 shared and absolute numbers from different runs do not compare.
 """
@@ -13,10 +14,10 @@ import json
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ from bench import datasets, report
 from bench.tools import NAMES, Target, Tools, missing, versions
 
 RESULTS = Path(__file__).parent / "results"
+LAUNCHER = Path(__file__).parent / "launch.py"
 
 
 @dataclass
@@ -52,21 +54,24 @@ class Failed(Exception):
 
 
 def timed(command: list[str], env: dict[str, str], log: Path, timeout: float) -> Sample:
-    """Run ``command``; its wall time and peak RSS, or Failed with its output's tail."""
+    """Run ``command`` through bench/launch.py; its wall time and peak RSS, or Failed."""
+    report = log.with_suffix(".json")
+    report.unlink(missing_ok=True)
+    launcher = [sys.executable, "-S", str(LAUNCHER), str(report), *command]
     with open(log, "wb") as out:
-        started = time.perf_counter()
-        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL)
-        timer = threading.Timer(timeout, process.kill)
-        timer.start()
-        _pid, status, usage = os.wait4(process.pid, 0)
-        elapsed = time.perf_counter() - started
-        timer.cancel()
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode != 0:
+        process = subprocess.Popen(launcher, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, start_new_session=True)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            raise Failed(f"{' '.join(command)} took more than {timeout:.0f} s") from None
+    measured = json.loads(report.read_text()) if report.exists() else {"code": -1}
+    if measured["code"] != 0:
         tail = log.read_text(errors="replace")[-1500:]
-        raise Failed(f"{' '.join(command)} exited {process.returncode}:\n{tail}")
-    return Sample(round(elapsed, 4), usage.ru_maxrss)
+        raise Failed(f"{' '.join(command)} exited {measured['code']}:\n{tail}")
+    return Sample(round(measured["seconds"], 4), measured["rss_kib"])
 
 
 def rotate(items: list[str], by: int) -> list[str]:
