@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from catalog_agent.config import Config
 from catalog_agent.errors import AgentError, ConfigError, Interrupted, WaitTimeout
 from catalog_agent.logs import get_logger
 
@@ -232,7 +233,7 @@ def error_document(*, run_id: str, step: str, mode: str, error: AgentError, when
         "command": "put",
         "mode": mode,
         "exit_code": error.exit_code,
-        "error": str(error)[:4000],
+        "error": _scrub(str(error))[:4000],
         "kind": error.kind,
         "when": when,
         "main_exit_code": outcome.exit_code if outcome else None,
@@ -240,6 +241,14 @@ def error_document(*, run_id: str, step: str, mode: str, error: AgentError, when
         "time": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
     return (json.dumps(doc, indent=1, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def _scrub(text: str) -> str:
+    """Secret values out of text bound for the bucket, as the log does for events."""
+    from catalog_agent import logs
+
+    scrub: Callable[[str], str] = getattr(logs, "scrub_text", lambda value: value)
+    return scrub(text)
 
 
 class LifecycleError(AgentError):
@@ -252,7 +261,7 @@ class LifecycleError(AgentError):
         self.summary = {**getattr(cause, "summary", {}), **facts}
 
 
-def run_put(config: Any, lifecycle: Settings, cancel: threading.Event,
+def run_put(config: Config, lifecycle: Settings, cancel: threading.Event,
             do_put: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     """Wait (for the exit code or SIGTERM), apply the policy, put or skip, record a failure.
 
@@ -284,7 +293,7 @@ def run_put(config: Any, lifecycle: Settings, cancel: threading.Event,
         raise LifecycleError(exc, facts) from None
 
 
-def _write_error_document(config: Any, lifecycle: Settings, error: AgentError,
+def _write_error_document(config: Config, lifecycle: Settings, error: AgentError,
                           outcome: Outcome | None) -> None:
     """Best effort: a store that cannot be reached leaves the log and termination message."""
     from catalog_agent.keys import error_key
