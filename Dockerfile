@@ -24,10 +24,13 @@ RUN python3 -m venv /opt/catalog-agent \
       -r requirements.lock
 # The agent itself, then trimming: botocore and boto3 ship data for every AWS service, the agent
 # calls only S3 and STS (endpoints and partitions, the top-level files, stay). pip and its
-# setuptools leave the venv: nothing installs anything at run time.
-COPY pyproject.toml README.md entrypoint ./
+# setuptools leave the venv: nothing installs anything at run time. README.md (pyproject's
+# readme) is left out of the context and stood in for by an empty file: the image needs no long
+# description, and README edits then do not change the image.
+COPY pyproject.toml entrypoint ./
 COPY catalog_agent ./catalog_agent
-RUN /opt/build/bin/pip wheel --quiet --no-deps --no-build-isolation --wheel-dir /wheels . \
+RUN : > README.md \
+ && /opt/build/bin/pip wheel --quiet --no-deps --no-build-isolation --wheel-dir /wheels . \
  && /opt/catalog-agent/bin/pip install --quiet --no-deps --no-index /wheels/*.whl \
  && /opt/catalog-agent/bin/python -m pip uninstall --quiet --yes pip setuptools \
  && cd /opt/catalog-agent/lib/python3*/site-packages \

@@ -38,7 +38,7 @@ PODMAN = ["podman", "--storage-driver=vfs", "--runtime=runc", "--cgroup-manager=
 # Without these, `podman run` fails here with "setrlimit RLIMIT_NOFILE: Operation not permitted".
 RUN_FLAGS = ["--ulimit", "nofile=20000:20000", "--ulimit", "nproc=4096:4096", "--pull=never"]
 # Files of the build context: what .dockerignore admits (kept in step with it by a test).
-CONTEXT_FILES = ["Dockerfile", "pyproject.toml", "README.md", "entrypoint", "requirements.lock",
+CONTEXT_FILES = ["Dockerfile", "pyproject.toml", "entrypoint", "requirements.lock",
                  "requirements-build.lock"]
 CONTEXT_TREES = ["catalog_agent"]
 
