@@ -132,11 +132,13 @@ class _Pod:
     spec: dict[str, Any]
 
 
-def _pod_of(objects: list[dict[str, Any]]) -> _Pod:
-    workloads = [o for o in objects if o.get("kind") in {"Pod", "Job"}]
+def _pod_of(objects: list[dict[str, Any]], name: str | None = None) -> _Pod:
+    workloads = [o for o in objects if o.get("kind") in {"Pod", "Job"}
+                 and (name is None or (o.get("metadata") or {}).get("name") == name)]
     if len(workloads) != 1:
-        raise PodSpecError(f"expected exactly one Pod or Job among the objects, found "
-                           f"{[o.get('kind') for o in workloads] or 'none'}")
+        found = [f"{o.get('kind')}/{(o.get('metadata') or {}).get('name')}" for o in workloads]
+        raise PodSpecError(f"expected exactly one Pod or Job{f' named {name!r}' if name else ''} "
+                           f"among the objects, found {found or 'none'}")
     workload = workloads[0]
     meta = workload.get("metadata") or {}
     namespace = meta.get("namespace") or "default"
@@ -168,10 +170,12 @@ class PodRunner:
     # ---- entry point -------------------------------------------------------------------
 
     def run(self, manifests: str | dict[str, Any] | Iterable[dict[str, Any]],
-            objects: Iterable[dict[str, Any]] = ()) -> PodResult:
-        """Run the one Pod or Job in ``manifests`` to completion and report how it ended."""
+            objects: Iterable[dict[str, Any]] = (), *, name: str | None = None) -> PodResult:
+        """Run the Pod or Job in ``manifests`` (the one named ``name`` when there are several)
+        to completion and report how it ended. Other kinds than Pod, Job, ConfigMap and Secret
+        (a ServiceAccount, say) are ignored."""
         everything = load_manifests(manifests) + list(objects)
-        pod = _pod_of(everything)
+        pod = _pod_of(everything, name)
         self.configmaps = {o["metadata"]["name"]: _configmap_data(o) for o in everything
                            if o.get("kind") == "ConfigMap"}
         self.secrets = {o["metadata"]["name"]: _secret_data(o) for o in everything
@@ -539,6 +543,6 @@ def _expand(text: str, env: dict[str, str]) -> str:
 
 
 def run_pod(workdir: Path, manifests: Any, objects: Iterable[dict[str, Any]] = (),
-            timeout: float = 600) -> PodResult:
-    """One-shot: ``PodRunner(workdir, timeout=timeout).run(manifests, objects)``."""
-    return PodRunner(workdir, timeout=timeout).run(manifests, objects)
+            timeout: float = 600, name: str | None = None) -> PodResult:
+    """One-shot: ``PodRunner(workdir, timeout=timeout).run(manifests, objects, name=name)``."""
+    return PodRunner(workdir, timeout=timeout).run(manifests, objects, name=name)

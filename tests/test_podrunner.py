@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from podman_support import BASE_IMAGE, agent_image, base_image  # noqa: F401 - fixtures
-from podrunner import PodRunner, PodResult
+from podrunner import PodResult, PodRunner, PodSpecError
 
 AGENT_USER = 65532
 STEP_USER = 1000
@@ -111,6 +111,23 @@ def test_runner_failed_init_stops_the_pod_and_non_root_is_enforced(base_image,  
     assert result.phase == "Pending", result.describe()
     assert result.status("main").reason == "CreateContainerConfigError"
     assert result.status("main").exit_code is None
+
+
+def test_runner_refuses_what_it_cannot_do_by_name(tmp_path: Path) -> None:
+    """No podman needed: these are refused before any container starts."""
+    runner = PodRunner(tmp_path)
+    pod = {"kind": "Pod", "metadata": {"name": "p"}, "spec": {
+        "volumes": [{"name": "claim", "persistentVolumeClaim": {"claimName": "x"}}],
+        "containers": [{"name": "main", "image": BASE_IMAGE}]}}
+    with pytest.raises(PodSpecError, match=r"volume claim: type \['persistentVolumeClaim'\]"):
+        runner.run(pod)
+    two = [{**pod, "metadata": {"name": "a"}}, {**pod, "metadata": {"name": "b"}}]
+    with pytest.raises(PodSpecError, match=r"exactly one Pod or Job.*Pod/a"):
+        runner.run(two)
+    with pytest.raises(PodSpecError, match="configmap 'missing' was not given"):
+        runner.run({"kind": "Pod", "metadata": {"name": "p"}, "spec": {
+            "volumes": [{"name": "c", "configMap": {"name": "missing"}}],
+            "containers": [{"name": "main", "image": BASE_IMAGE}]}})
 
 
 # ---- the agent's pod layouts ------------------------------------------------------------------
