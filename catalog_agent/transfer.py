@@ -140,20 +140,14 @@ def _count_partial(exc: AgentError, progress: Progress, result: Result) -> None:
     setattr(exc, "summary", {**getattr(exc, "summary", {}), **moved})
 
 
-def put(store: Store, items: list[PutItem], *, concurrency: int,
-        cancel: threading.Event) -> Result:
-    """Store every changed item; the manifest is the caller's, written only after this returns."""
+def _execute(moving: list[T], size: Callable[[T], int], work: Callable[[T, Progress], None],
+             result: Result, *, concurrency: int, cancel: threading.Event) -> Result:
+    """Run ``work`` over ``moving`` with progress; ``result`` gains what moved, even on failure."""
     started = time.monotonic()
-    moving = [i for i in items if not i.unchanged]
-    result = Result(skipped=len(items) - len(moving))
-    with Progress(len(moving), sum(i.size for i in moving)) as progress:
-        def upload(item: PutItem) -> None:
-            store.upload(item.source, item.key, size=item.size, sha256=item.sha256,
-                         executable=item.executable, progress=progress.add_bytes, cancel=cancel)
-            progress.file_done()
-
+    with Progress(len(moving), sum(size(i) for i in moving)) as progress:
         try:
-            run_pool(moving, upload, concurrency=concurrency, cancel=cancel)
+            run_pool(moving, lambda item: work(item, progress), concurrency=concurrency,
+                     cancel=cancel)
         except AgentError as exc:
             _count_partial(exc, progress, result)
             raise
@@ -161,64 +155,60 @@ def put(store: Store, items: list[PutItem], *, concurrency: int,
             result.files, result.bytes = progress.files, progress.bytes
     result.seconds = time.monotonic() - started
     return result
+
+
+def put(store: Store, items: list[PutItem], *, concurrency: int,
+        cancel: threading.Event) -> Result:
+    """Store every changed item; the manifest is the caller's, written only after this returns."""
+    moving = [i for i in items if not i.unchanged]
+
+    def upload(item: PutItem, progress: Progress) -> None:
+        store.upload(item.source, item.key, size=item.size, sha256=item.sha256,
+                     executable=item.executable, progress=progress.add_bytes, cancel=cancel)
+        progress.file_done()
+
+    return _execute(moving, lambda i: i.size, upload, Result(skipped=len(items) - len(moving)),
+                    concurrency=concurrency, cancel=cancel)
 
 
 def get(store: Store, folder: Path, items: list[GetItem], *, concurrency: int,
         cancel: threading.Event) -> Result:
     """Fetch every item not already present; each file appears only verified and complete."""
-    started = time.monotonic()
     moving = [i for i in items if not i.unchanged]
     result = Result(skipped=len(items) - len(moving))
     unverified_lock = threading.Lock()
-    with Progress(len(moving), sum(i.size for i in moving)) as progress:
-        def download(item: GetItem) -> None:
-            final = local.destination(folder, item.relative)
-            temporary = local.temporary_for(final)
-            try:
-                fetched = store.download(item.key, temporary, size=item.size,
-                                         progress=progress.add_bytes, cancel=cancel)
-                expected = item.expected_sha256 or fetched.stored_sha256
-                if expected is not None and fetched.sha256 != expected:
-                    raise IntegrityError(f"hash mismatch for {item.key!r}: the catalog recorded "
-                                         f"{expected[:16]}..., the bytes read hash to "
-                                         f"{fetched.sha256[:16]}...; the file was not written")
-                if expected is None:
-                    with unverified_lock:
-                        result.unverified.append(item.relative)
-                local.commit(temporary, final, item.executable or fetched.executable)
-            except BaseException:
-                local.discard(temporary)
-                raise
-            progress.file_done()
 
+    def download(item: GetItem, progress: Progress) -> None:
+        final = local.destination(folder, item.relative)
+        temporary = local.temporary_for(final)
         try:
-            run_pool(moving, download, concurrency=concurrency, cancel=cancel)
-        except AgentError as exc:
-            _count_partial(exc, progress, result)
+            fetched = store.download(item.key, temporary, size=item.size,
+                                     progress=progress.add_bytes, cancel=cancel)
+            expected = item.expected_sha256 or fetched.stored_sha256
+            if expected is not None and fetched.sha256 != expected:
+                raise IntegrityError(f"hash mismatch for {item.key!r}: the catalog recorded "
+                                     f"{expected[:16]}..., the bytes read hash to "
+                                     f"{fetched.sha256[:16]}...; the file was not written")
+            if expected is None:
+                with unverified_lock:
+                    result.unverified.append(item.relative)
+            local.commit(temporary, final, item.executable or fetched.executable)
+        except BaseException:
+            local.discard(temporary)
             raise
-        finally:
-            result.files, result.bytes = progress.files, progress.bytes
-    result.seconds = time.monotonic() - started
-    return result
+        progress.file_done()
+
+    return _execute(moving, lambda i: i.size, download, result, concurrency=concurrency,
+                    cancel=cancel)
 
 
 def copy(store: Store, items: list[CopyItem], *, concurrency: int,
          cancel: threading.Event) -> Result:
     """Server-side copies (sync between runs): no byte passes through the agent."""
-    started = time.monotonic()
-    result = Result()
-    with Progress(len(items), sum(i.size for i in items)) as progress:
-        def copy_one(item: CopyItem) -> None:
-            store.copy(item.source_key, item.target_key, size=item.size)
-            progress.add_bytes(item.size)
-            progress.file_done()
+    def copy_one(item: CopyItem, progress: Progress) -> None:
+        store.copy(item.source_key, item.target_key, size=item.size)
+        progress.add_bytes(item.size)
+        progress.file_done()
 
-        try:
-            run_pool(items, copy_one, concurrency=concurrency, cancel=cancel)
-        except AgentError as exc:
-            _count_partial(exc, progress, result)
-            raise
-        finally:
-            result.files, result.bytes = progress.files, progress.bytes
-    result.seconds = time.monotonic() - started
-    return result
+    return _execute(items, lambda i: i.size, copy_one, Result(), concurrency=concurrency,
+                    cancel=cancel)
