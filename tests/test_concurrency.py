@@ -182,3 +182,23 @@ def test_extreme_worker_counts_move_every_byte(agent, bucket: str, tmp_path: Pat
         assert hashlib.sha256((into / relative).read_bytes()).hexdigest() == sha256(data)
     assert not [p for p in into.rglob("*.catalog-agent.part")]
     assert os.listdir(into) == ["set"]
+
+
+def test_awkward_names_survive_listing_and_signing(agent, s3, bucket: str,
+                                                   tmp_path: Path) -> None:
+    """Names that URL encoding, '+' decoding and SigV4's canonical URI must all agree on."""
+    out = tmp_path / "out"
+    names = ["a+b.txt", "space here.txt", "pct%20literal.txt", "ümlaut/ß.bin", "q?x=1&y=2.txt",
+             "tilde~semi;colon.txt", "brackets[1](2){3}.txt", "at@hash#.txt", "equals=.txt",
+             "comma,quote'.txt", "many/levels/deep/file.txt"]
+    files = {f"odd/{n}": hashlib.sha256(n.encode()).digest() * 100 for n in names}
+    for relative, data in files.items():
+        (out / relative).parent.mkdir(parents=True, exist_ok=True)
+        (out / relative).write_bytes(data)
+    put = agent("put", "odd", "--run-id", "names", "--step", "s",
+                "--compute-data-folder", str(out))
+    assert put.code == 0, put.output[-3000:]
+    assert_bucket_holds(s3, bucket, "names/", files)
+    got = agent("get", "odd", "--run-id", "names", "--compute-data-folder", str(tmp_path / "in"))
+    assert got.code == 0, got.output[-3000:]
+    assert_tree_equal(tmp_path / "in", files)

@@ -128,8 +128,9 @@ class S3Http:
             response = self.request("GET", "", query=query, operation="ListObjectsV2",
                                     preload=True)
             root = ElementTree.fromstring(response.data)
+            decode = _decoder(root)
             for item in root.iter(f"{_NS}Contents"):
-                key = unquote_plus(item.findtext(f"{_NS}Key", ""))
+                key = decode(item.findtext(f"{_NS}Key", ""))
                 size = int(item.findtext(f"{_NS}Size", "0"))
                 yield key, size, _timestamp(item.findtext(f"{_NS}LastModified", ""))
             token = root.findtext(f"{_NS}NextContinuationToken", "") or ""
@@ -146,14 +147,15 @@ class S3Http:
             response = self.request("GET", "", query=query, operation="ListMultipartUploads",
                                     preload=True)
             root = ElementTree.fromstring(response.data)
+            decode = _decoder(root)
             for item in root.iter(f"{_NS}Upload"):
-                yield (unquote_plus(item.findtext(f"{_NS}Key", "")),
+                yield (decode(item.findtext(f"{_NS}Key", "")),
                        item.findtext(f"{_NS}UploadId", ""))
             key_marker = root.findtext(f"{_NS}NextKeyMarker", "") or ""
             upload_marker = root.findtext(f"{_NS}NextUploadIdMarker", "") or ""
             if root.findtext(f"{_NS}IsTruncated", "false") != "true" or not key_marker:
                 return
-            markers = {"key-marker": unquote_plus(key_marker),
+            markers = {"key-marker": decode(key_marker),
                        "upload-id-marker": upload_marker}
 
     def abort(self, key: str, upload_id: str) -> None:
@@ -263,6 +265,14 @@ class FileSlice:
 
     def close(self) -> None:
         pass
+
+
+def _decoder(root: Any) -> Callable[[str], str]:
+    """Keys come URL-encoded only if the server says so (as botocore decides): a store that
+    ignores ``encoding-type=url`` sends them raw, and decoding those would corrupt '+' and '%'."""
+    if (root.findtext(f"{_NS}EncodingType", "") or "").lower() == "url":
+        return unquote_plus
+    return lambda text: text
 
 
 def _dns_compatible(bucket: str) -> bool:
