@@ -143,6 +143,10 @@ def wait_for_exit(status_dir: Path, *, timeout: float, stale_seconds: float,
     stale: the main container may not have started yet; only ``timeout`` bounds that wait.
     """
     log = get_logger()
+    if not status_dir.is_dir():
+        log.warning("status folder missing", status_dir=str(status_dir),
+                    reason="not created yet, or the shared volume is not mounted in this "
+                           "container; waiting for the wrapper to create it")
     started = clock()
     last_log = started - WAITING_LOG_INTERVAL
     seen_mtime: int | None = None

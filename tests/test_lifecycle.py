@@ -227,6 +227,7 @@ def test_wait_timeout_puts_nothing_exits_7_and_records_an_error(pod: Pod, s3: An
     assert code == 7, output
     assert time.monotonic() - started < 60
     assert "no exit code" in output and "Traceback" not in output
+    assert "status folder missing" in output  # no wrapper ever ran: say so while waiting
     assert keys(s3, bucket) == [ERRORS]
     doc = json.loads(s3.get_object(Bucket=bucket, Key=ERRORS)["Body"].read())
     assert doc["exit_code"] == 7 and doc["mode"] == "wait" and doc["step"] == STEP
