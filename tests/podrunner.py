@@ -243,6 +243,7 @@ class PodRunner:
                 remaining = max(0.0, grace_end - time.monotonic())
                 if not self._wait_exit(podman_name, remaining):
                     podman("kill", "--signal", "KILL", podman_name, check=False)
+                    self._wait_exit(podman_name, 30)
                     status.signalled = "SIGTERM, then SIGKILL after the grace period"
             self._collect(podman_name, status)
 
@@ -304,6 +305,7 @@ class PodRunner:
             if not self._wait_exit(podman_name, self.deadline - time.monotonic()):
                 for name, _ in containers:
                     podman("kill", "--signal", "KILL", name, check=False)
+                    self._wait_exit(name, 30)
                 result.phase, result.reason = "Failed", "DeadlineExceeded"
                 for name, st in containers:
                     self._collect(name, st)
