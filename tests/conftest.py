@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 
@@ -88,6 +89,36 @@ def clean_env(home: Path) -> dict[str, str]:
     return env
 
 
+def agent_env(tmp_path: Path, *settings: dict[str, str]) -> dict[str, str]:
+    """A clean environment for the CLI: JSON logs, a termination log and an empty config file
+    in ``tmp_path``, then ``settings`` (a server's credentials, the catalog's keys)."""
+    config = tmp_path / "no-config.yaml"
+    config.write_text("")
+    env = clean_env(tmp_path / "home")
+    env.update({"CATALOG_AGENT_LOG_FORMAT": "json",
+                "CATALOG_AGENT_TERMINATION_LOG": str(tmp_path / "termination-log"),
+                "CATALOG_AGENT_CONFIG": str(config)})
+    for setting in settings:
+        env.update(setting)
+    return env
+
+
+def log_events(text: str) -> list[dict[str, Any]]:
+    """The JSON log events in an agent's output; other lines are skipped."""
+    found = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line.startswith("{"):
+            continue
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(event, dict):
+            found.append(event)
+    return found
+
+
 @dataclass
 class Agent:
     """Runs the real CLI (``python -m catalog_agent``) as a separate process."""
@@ -108,17 +139,11 @@ class Agent:
 @pytest.fixture
 def agent(tmp_path: Path, s3_server: devserver.SeaweedServer, bucket: str) -> Agent:
     """The CLI configured by environment for this test's bucket on the session's server."""
-    env = clean_env(tmp_path / "home")
-    env.update(s3_server.env)
-    env.update({
+    env = agent_env(tmp_path, s3_server.env, {
         "CATALOG_AGENT_S3_BUCKET": bucket,
         "CATALOG_AGENT_REGION": "us-east-1",
         "CATALOG_AGENT_ADDRESSING_STYLE": "path",
-        "CATALOG_AGENT_LOG_FORMAT": "json",
-        "CATALOG_AGENT_TERMINATION_LOG": str(tmp_path / "termination-log"),
-        "CATALOG_AGENT_CONFIG": str(tmp_path / "no-config.yaml"),
     })
-    (tmp_path / "no-config.yaml").write_text("")
     return Agent(env, tmp_path)
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-from conftest import Agent, Ran, clean_env
+from conftest import Agent, Ran, agent_env, log_events
 from moto_support import ACCOUNT, MotoServer, moto_server, start_moto  # noqa: F401 - the fixture
 
 from catalog_agent.credentials import REFRESH_HOOK, refresh_windows, session_name
@@ -49,19 +49,14 @@ def moto_bucket(moto_server: MotoServer) -> str:  # noqa: F811
 @pytest.fixture
 def cred_agent(tmp_path: Path, moto_server: MotoServer, moto_bucket: str) -> Agent:  # noqa: F811
     """The CLI with no credentials at all, pointed at moto for both S3 and STS."""
-    env = clean_env(tmp_path / "home")
-    env.update({
+    env = agent_env(tmp_path, {
         "CATALOG_AGENT_S3_BUCKET": moto_bucket,
         "CATALOG_AGENT_PREFIX": "pipelines",
         "CATALOG_AGENT_REGION": "us-east-1",
         "CATALOG_AGENT_ENDPOINT_URL": moto_server.endpoint,
         "CATALOG_AGENT_STS_ENDPOINT_URL": moto_server.endpoint,
         "CATALOG_AGENT_ADDRESSING_STYLE": "path",
-        "CATALOG_AGENT_LOG_FORMAT": "json",
-        "CATALOG_AGENT_TERMINATION_LOG": str(tmp_path / "termination-log"),
-        "CATALOG_AGENT_CONFIG": str(tmp_path / "no-config.yaml"),
     })
-    (tmp_path / "no-config.yaml").write_text("")
     return Agent(env, tmp_path)
 
 
@@ -90,12 +85,7 @@ def assert_clean(ran: Ran, agent: Agent, server: MotoServer, *extra: str) -> Non
 
 
 def events(ran: Ran) -> list[dict[str, Any]]:
-    out = []
-    for line in ran.stderr.splitlines():
-        line = line.strip()
-        if line.startswith("{"):
-            out.append(json.loads(line))
-    return out
+    return log_events(ran.stderr)
 
 
 def assert_one_error_line(ran: Ran, code: int, *needles: str) -> dict[str, Any]:

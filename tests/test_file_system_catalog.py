@@ -6,7 +6,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from tests.test_get_put import NAMES, events, files_under, fill, summary
+from test_get_put import NAMES, events, files_under, fill, summary
 
 
 def fs_agent(offline_agent, tmp_path: Path):  # noqa: ANN201

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.moto_support import moto_server  # noqa: F401 - a fixture
+from conftest import log_events
+from moto_support import moto_server  # noqa: F401 - a fixture
 
 NAMES = [
     "plain.txt",
@@ -44,8 +45,7 @@ def files_under(folder: Path) -> dict[str, bytes]:
             for p in folder.rglob("*") if p.is_file()}
 
 
-def events(stderr: str) -> list[dict]:
-    return [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+events = log_events
 
 
 def summary(stderr: str, command: str) -> dict:

@@ -14,20 +14,13 @@ import stat
 from pathlib import Path
 
 import pytest
+from conftest import log_events
 
 TOKEN = b"eyJhbGciOi-pretend-service-account-token-0123456789"
 
 
 def error_events(stderr: str) -> list[dict]:
-    out = []
-    for line in stderr.splitlines():
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(event, dict) and event.get("level") in {"error", "warning"}:
-            out.append(event)
-    return out
+    return [e for e in log_events(stderr) if e.get("level") in {"error", "warning"}]
 
 
 def stored_keys(s3, bucket: str, prefix: str) -> set[str]:  # noqa: ANN001

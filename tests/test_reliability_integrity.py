@@ -8,7 +8,6 @@ tool or an attacker would). Disk full: the data folder is a 1 MiB tmpfs when mou
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import resource
 import signal
@@ -17,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import log_events
 
 from catalog_agent.local import PART_SUFFIX
 
@@ -32,15 +32,7 @@ def put_files(agent, folder: Path, files: dict[str, bytes], run: str = "r") -> N
 
 
 def error_events(stderr: str) -> list[dict]:
-    out = []
-    for line in stderr.splitlines():
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue
-        if event.get("level") == "error":
-            out.append(event)
-    return out
+    return [e for e in log_events(stderr) if e.get("level") == "error"]
 
 
 def assert_only_verified(folder: Path, expected: dict[str, bytes]) -> list[str]:

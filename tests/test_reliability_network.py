@@ -11,19 +11,13 @@ import json
 import os
 from pathlib import Path
 
+from conftest import log_events
 from faultproxy import FaultProxy, Rates
 
 FILES = 500
 
 
-def events(stderr: str) -> list[dict]:
-    out = []
-    for line in stderr.splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            pass
-    return out
+events = log_events
 
 
 def done_event(stderr: str, command: str) -> dict:
