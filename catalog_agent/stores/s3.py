@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -287,7 +288,8 @@ class S3Store:
             def send(index: int) -> None:
                 start, end = parts[index]
                 with self._part_slots:
-                    response = http.put(key, lambda: FileSlice(fd, start, end), end - start, {},
+                    response = http.put(key, lambda: FileSlice(fd, start, end, cancel, _stopped),
+                                        end - start, {},
                                         operation="UploadPart",
                                         query={"partNumber": str(index + 1),
                                                "uploadId": upload_id})
@@ -298,13 +300,23 @@ class S3Store:
                 _parallel(len(parts), send, cancel)
                 http.complete_upload(key, upload_id, etags)
             except BaseException:
-                try:
-                    http.abort(key, upload_id)
-                except Exception:  # noqa: BLE001 - the first failure is the one to report
-                    pass
+                self._abort_upload(key, upload_id)
                 raise
         finally:
             os.close(fd)
+
+    def _abort_upload(self, key: str, upload_id: str) -> None:
+        """Abort, then look again: a part cut off mid-send may land after the first abort."""
+        http = self.http
+        assert http is not None
+        for wait in (0.0, 0.5, 2.0):
+            time.sleep(wait)
+            try:
+                http.abort(key, upload_id)
+                if not any(k == key and u == upload_id for k, u in http.uploads(key)):
+                    return
+            except Exception:  # noqa: BLE001 - the transfer's own failure is the one to report
+                return
 
     def download(self, key: str, target: Path, *, size: int, progress: ProgressCallback,
                  cancel: threading.Event) -> Fetched:
@@ -513,6 +525,10 @@ def _transient_body_errors() -> tuple[type[BaseException], ...]:
 
 _SSE_HEADERS = {"ServerSideEncryption": "x-amz-server-side-encryption",
                 "SSEKMSKeyId": "x-amz-server-side-encryption-aws-kms-key-id"}
+
+
+def _stopped() -> Interrupted:
+    return Interrupted("stopped before the transfer finished")
 
 
 def _parallel(count: int, work: Callable[[int], None], cancel: threading.Event) -> None:

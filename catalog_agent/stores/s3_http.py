@@ -203,8 +203,9 @@ class S3Http:
         raise AssertionError("unreachable")
 
     def _backoff(self, attempt: int) -> None:
+        """botocore's standard mode: a random wait of up to 1, 2, 4 ... 20 s after attempt n."""
         self._on_retry()
-        time.sleep(random.uniform(0, min(MAX_BACKOFF, 0.1 * 2 ** attempt)))
+        time.sleep(random.uniform(0, min(MAX_BACKOFF, 2.0 ** (attempt - 1))))
 
     def _sign(self, method: str, path: str, canonical_query: str,
               extra: dict[str, str]) -> dict[str, str]:
@@ -248,12 +249,20 @@ class S3Http:
 
 
 class FileSlice:
-    """Bytes ``start``..``end`` of an open file, read with pread: a part sent without a copy."""
+    """Bytes ``start``..``end`` of an open file, read with pread: a part sent without a copy.
 
-    def __init__(self, fd: int, start: int, end: int) -> None:
+    ``stop``: checked before each block, so that SIGTERM aborts a part mid-send (the request
+    fails with ``stopped``, its connection is dropped) instead of waiting for 8 MiB to go.
+    """
+
+    def __init__(self, fd: int, start: int, end: int, stop: threading.Event | None = None,
+                 stopped: Callable[[], BaseException] | None = None) -> None:
         self.fd, self.offset, self.end = fd, start, end
+        self.stop, self.stopped = stop, stopped
 
     def read(self, amount: int = -1) -> bytes:
+        if self.stop is not None and self.stop.is_set() and self.stopped is not None:
+            raise self.stopped()
         left = self.end - self.offset
         if amount is None or amount < 0 or amount > left:
             amount = left
