@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -55,8 +55,22 @@ def _hash_all(entries: list[local.LocalEntry], concurrency: int,
         # otherwise block this read for ever.
         return sha256_file(local.open_regular(entry.path))  # type: ignore[arg-type]
 
-    with ThreadPoolExecutor(max_workers=max(1, min(concurrency, os.cpu_count() or 1, 8))) as pool:
-        return list(pool.map(one, entries))
+    pool = ThreadPoolExecutor(max_workers=max(1, min(concurrency, os.cpu_count() or 1, 8)))
+    try:
+        futures = [pool.submit(one, entry) for entry in entries]
+        pending = set(futures)
+        while pending:
+            # Timed waits, as in transfer.run_pool: the main thread must wake up to run the
+            # SIGTERM handler when a worker thread took the signal.
+            done, pending = wait(pending, timeout=transfer.SIGNAL_POLL,
+                                 return_when=FIRST_EXCEPTION)
+            for future in done:
+                failure = future.exception()
+                if failure is not None:
+                    raise failure
+        return [future.result() for future in futures]
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _stop_if(cancel: threading.Event) -> None:

@@ -22,6 +22,7 @@ from catalog_agent.stores.base import Store
 
 T = TypeVar("T")
 PROGRESS_INTERVAL = 10.0
+SIGNAL_POLL = 0.1  # seconds the main thread sleeps at most, so signal handlers run promptly
 
 
 @dataclass
@@ -123,7 +124,10 @@ def run_pool(items: Iterable[T], work: Callable[[T], None], *, concurrency: int,
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join()
+        # Timed joins: a SIGTERM taken by a busy worker thread leaves the main thread asleep in
+        # an untimed join until the whole transfer is done; waking up lets its handler run.
+        while thread.is_alive():
+            thread.join(SIGNAL_POLL)
     if errors:
         first = next((e for e in errors if not isinstance(e, Interrupted)), errors[0])
         if isinstance(first, AgentError):

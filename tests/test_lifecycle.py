@@ -380,7 +380,9 @@ def test_sigterm_during_get_leaves_no_partial_file(pod: Pod, agent: Any, s3: Any
                            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     wait_for(lambda: target.exists() and any(target.iterdir()), timeout=60)
     get.send_signal(signal.SIGTERM)
+    signalled = time.monotonic()
     code, output = finish(get, timeout=120)
+    print(f"get stopped {time.monotonic() - signalled:.2f} s after SIGTERM")
     assert code == 143, output
     left = sorted(p.name for p in target.iterdir())
     # Only complete, verified files may be at their final names; nothing temporary remains.
