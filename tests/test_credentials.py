@@ -449,8 +449,10 @@ def test_refresh_refused_mid_transfer_stops_with_exit_4(cred_agent: Agent, tmp_p
     role = make_role(moto_server, unique("revoked-role"), user_arn)
     data = tmp_path / "many"
     data.mkdir()
-    for i in range(400):
-        (data / f"f-{i:03d}.txt").write_bytes(os.urandom(16 * 1024))
+    # Long enough to outlast the mandatory refresh (2 s after issue with the hook at 1 s) on a
+    # quiet machine too: 400 files once finished in 1.8 s, before any refresh was needed.
+    for i in range(2000):
+        (data / f"f-{i:04d}.txt").write_bytes(os.urandom(4 * 1024))
     env = {**cred_agent.env, "K": key, "S": secret, REFRESH_HOOK: "1"}
     before = moto_server.sts_calls()
     with moto_server.enforce_auth():
