@@ -6,16 +6,13 @@ written from it) or raises an AgentError.
 
 from __future__ import annotations
 
-import os
 import threading
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from pathlib import Path
 from typing import Any
 
 from catalog_agent import local, manifest, patterns, plan, run_state, transfer
 from catalog_agent.config import Config, require_run
 from catalog_agent.errors import ConfigError, Interrupted
-from catalog_agent.hashing import sha256_file
+from catalog_agent.hashing import sha256_fd
 from catalog_agent.keys import manifest_key
 from catalog_agent.logs import get_logger
 from catalog_agent.record import write_record
@@ -43,36 +40,6 @@ def _summary(command: str, result: transfer.Result, **extra: Any) -> dict[str, A
             "mb_per_second": result.mb_per_second, **extra}
 
 
-def _hash_all(entries: list[local.LocalEntry], concurrency: int,
-              cancel: threading.Event) -> list[str]:
-    """SHA-256 of each file, a few at a time (hashlib releases the GIL on large buffers).
-
-    SIGTERM stops it between files: hashing a large folder must not outlast the grace period.
-    """
-    def one(entry: local.LocalEntry) -> str:
-        _stop_if(cancel)
-        # Opened without blocking and checked: a file swapped for a FIFO since the scan would
-        # otherwise block this read for ever.
-        return sha256_file(local.open_regular(entry.path))  # type: ignore[arg-type]
-
-    pool = ThreadPoolExecutor(max_workers=max(1, min(concurrency, os.cpu_count() or 1, 8)))
-    try:
-        futures = [pool.submit(one, entry) for entry in entries]
-        pending = set(futures)
-        while pending:
-            # Timed waits, as in transfer.run_pool: the main thread must wake up to run the
-            # SIGTERM handler when a worker thread took the signal.
-            done, pending = wait(pending, timeout=transfer.SIGNAL_POLL,
-                                 return_when=FIRST_EXCEPTION)
-            for future in done:
-                failure = future.exception()
-                if failure is not None:
-                    raise failure
-        return [future.result() for future in futures]
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
 def _stop_if(cancel: threading.Event) -> None:
     if cancel.is_set():
         raise Interrupted("stopped before the transfer started; nothing was written")
@@ -84,43 +51,58 @@ def check_put(config: Config, given: tuple[str, ...]) -> None:
     _patterns(given, config.put, "put", config)
 
 
+def _data_folder(config: Config, *, create: bool) -> local.Folder | None:
+    """The step's data folder, opened safely (exit 6 for a planted link); None when missing."""
+    try:
+        return local.open_folder(config.data_folder, create=create)
+    except local.FolderMissing:
+        return None
+
+
 def put(config: Config, given: tuple[str, ...], *, record: str | None,
         cancel: threading.Event) -> dict[str, Any]:
     require_run(config, step=True)
     log = get_logger()
     wanted = _patterns(given, config.put, "put", config)
-    folder = config.data_folder
-    entries = local.scan(folder)
-    files, skipped = plan.select_put(entries, wanted, allow_missing=config.allow_missing,
-                                     strict_links=config.strict_links,
-                                     where=f"data folder {folder}")
-    for item in skipped:
-        log.warning("skipped", path=item.relative, reason=item.reason)
-    hashes = _hash_all(files, config.concurrency, cancel)
-
-    store = open_store(config)
+    folder = _data_folder(config, create=False)
     try:
-        state = run_state.load(store, config.run_prefix)
-        same_size = [e.relative for e in files
-                     if e.relative in state.objects and state.objects[e.relative].size == e.size]
-        state = run_state.with_metadata(store, state, same_size)
-        items = plan.plan_put(list(zip(files, hashes)), state)
-        abort_stale = getattr(store, "abort_incomplete_uploads", None)
-        stale = abort_stale(config.run_prefix, {i.key for i in items}) if abort_stale else 0
-        if stale:
-            log.warning("aborted unfinished multipart uploads", count=stale,
-                        reason="left by an earlier put of this step that was stopped")
-        result = transfer.put(store, items, concurrency=config.concurrency, cancel=cancel)
-        location = _location(store, config)
-        entries_out = [manifest.entry(i.relative, i.sha256, i.size, run_id=config.run_id,
-                                      location=location, stage="put", executable=i.executable)
-                       for i in items]
-        doc = manifest.document(entries_out, run_id=config.run_id, step=config.step,
-                                command="put")
-        key = manifest_key(config.run_prefix, config.step)
-        store.write_small(key, manifest.encode(doc))
+        entries = folder.scan() if folder is not None else []
+        files, skipped = plan.select_put(entries, wanted, allow_missing=config.allow_missing,
+                                         strict_links=config.strict_links,
+                                         where=f"data folder {config.data_folder}")
+        for item in skipped:
+            log.warning("skipped", path=item.relative, reason=item.reason)
+        _stop_if(cancel)
+        store = open_store(config, cancel)
+        try:
+            items = plan.plan_put(files, config.run_prefix,
+                                  max_object_size=store.max_object_size)
+            state = run_state.load(store, config.run_prefix)
+            same_size = [e.relative for e in files
+                         if e.relative in state.objects and state.objects[e.relative].size == e.size]
+            state = run_state.with_metadata(store, state, same_size)
+            abort_stale = getattr(store, "abort_incomplete_uploads", None)
+            stale = abort_stale(config.run_prefix, {i.key for i in items}) if abort_stale else 0
+            if stale:
+                log.warning("aborted unfinished multipart uploads", count=stale,
+                            reason="left by an earlier put of this step that was stopped")
+            assert folder is not None or not items
+            result, stored = transfer.put(store, folder, items, state,  # type: ignore[arg-type]
+                                          concurrency=config.concurrency, cancel=cancel)
+            location = _location(store, config)
+            entries_out = [manifest.entry(s.relative, s.sha256, s.size, run_id=config.run_id,
+                                          location=location, stage="put",
+                                          executable=s.executable)
+                           for s in stored]
+            doc = manifest.document(entries_out, run_id=config.run_id, step=config.step,
+                                    command="put")
+            key = manifest_key(config.run_prefix, config.step)
+            store.write_small(key, manifest.encode(doc))
+        finally:
+            store.close()
     finally:
-        store.close()
+        if folder is not None:
+            folder.close()
     if record:
         write_record(record, entries_out, command="put", run_id=config.run_id, step=config.step)
     return _summary("put", result, manifest=f"{store.location}/{key}",
@@ -132,19 +114,29 @@ def get(config: Config, given: tuple[str, ...], *, record: str | None,
     require_run(config)
     log = get_logger()
     wanted = _patterns(given, config.get, "get", config)
-    folder = config.data_folder
-    store = open_store(config)
+    store = open_store(config, cancel)
+    folder: local.Folder | None = None
     try:
         state = run_state.load(store, config.run_prefix)
         where = f"{store.location}/{config.run_prefix}"
         candidates = plan.select_get(state, wanted, allow_missing=config.allow_missing,
                                      where=where)
-        items = plan.plan_get(candidates, lambda rel, size: _stop_if(cancel) or
-                              _local_sha256(folder, rel, size))
-        result = transfer.get(store, folder, items, concurrency=config.concurrency,
-                              cancel=cancel)
+        folder = _data_folder(config, create=bool(candidates))
+        present = folder
+
+        def local_sha256(relative: str, size: int) -> str | None:
+            _stop_if(cancel)
+            if present is None:
+                return None
+            return present.read_hash(relative, size, sha256_fd)
+
+        items = plan.plan_get(candidates, local_sha256)
+        result = transfer.get(store, folder, items,  # type: ignore[arg-type]
+                              concurrency=config.concurrency, cancel=cancel)
     finally:
         store.close()
+        if folder is not None:
+            folder.close()
     for relative in result.unverified:
         log.warning("unverified", path=relative,
                     reason="stored by another tool: no recorded hash to verify against")
@@ -160,16 +152,6 @@ def get(config: Config, given: tuple[str, ...], *, record: str | None,
                     retries=getattr(store, "retries", 0))
 
 
-def _local_sha256(folder: Path, relative: str, size: int) -> str | None:
-    path = folder / relative
-    try:
-        if path.is_symlink() or not path.is_file() or path.stat().st_size != size:
-            return None
-        return sha256_file(path)
-    except OSError:
-        return None
-
-
 def sync(config: Config, from_run: str, *, cancel: threading.Event) -> dict[str, Any]:
     """Copy one run's catalog, manifests rewritten for the new run, server-side."""
     from catalog_agent.config import run_prefix, validate_name
@@ -179,7 +161,7 @@ def sync(config: Config, from_run: str, *, cancel: threading.Event) -> dict[str,
     if from_run == config.run_id:
         raise ConfigError("--from-run and --run-id are the same run")
     source_prefix = run_prefix(config.prefix, from_run)
-    store = open_store(config)
+    store = open_store(config, cancel)
     try:
         source = run_state.load(store, source_prefix)
         items = plan.plan_sync(source, config.run_prefix)

@@ -87,6 +87,12 @@ class Config:
     max_attempts: int = _key(5, "Attempts per request, first one included.", kind="int",
                              minimum=1, maximum=20)
     concurrency: int = _key(64, "Files moved at once.", kind="int", minimum=1, maximum=256)
+    multipart_threshold: int = _key(16 * 1024 ** 2, "Files of at least this many bytes are "
+                                    "sent and fetched in parts.", kind="int",
+                                    minimum=5 * 1024 ** 2, maximum=5 * 1024 ** 3)
+    multipart_chunksize: int = _key(8 * 1024 ** 2, "Bytes per part (raised as needed so that no "
+                                    "object needs more than 10,000 parts).", kind="int",
+                                    minimum=5 * 1024 ** 2, maximum=5 * 1024 ** 3)
     strict_links: bool = _key(False, "A symlink or hard link leaving the data folder is an "
                                      "error rather than a skipped file.", kind="bool")
     when: str = _key("success", "When put --wait/--on-sigterm puts: after the main command "

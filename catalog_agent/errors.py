@@ -22,7 +22,8 @@ EXIT_CODES: dict[int, str] = {
     EXIT_NO_MATCH: "a pattern matched nothing",
     EXIT_ACCESS: "credentials or access (no credentials, AccessDenied, no such bucket)",
     EXIT_TRANSFER: "transfer failed after retries",
-    EXIT_INTEGRITY: "integrity or safety violation (hash mismatch, unsafe key or link)",
+    EXIT_INTEGRITY: "integrity or safety violation (hash mismatch, unsafe key or link, a file "
+                    "changed while it was put)",
     EXIT_WAIT_TIMEOUT: "put --wait gave up: --wait-timeout expired before the main command ended",
     EXIT_INTERRUPTED: "stopped by SIGTERM or SIGINT before finishing (nothing partial left)",
 }
@@ -76,6 +77,12 @@ class IntegrityError(AgentError):
 
     exit_code = EXIT_INTEGRITY
     kind = "integrity"
+
+
+class FileChanged(IntegrityError):
+    """A local file was written, resized or replaced while the agent was reading it."""
+
+    kind = "file-changed"
 
 
 class WaitTimeout(AgentError):

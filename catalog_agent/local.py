@@ -1,22 +1,30 @@
-"""The step's local data folder: what may be read from it and how files land in it.
+"""The step's data folder: what may be read from it and how files land in it.
 
-Reading: only regular files inside the folder. A symlink or hard link leading out of the folder
-could ship the pod's service-account token to the bucket, and a FIFO would block the agent, so
-:func:`scan` classifies every entry and the plan decides what to do with each kind.
+The step beside the agent shares this folder and may run code nobody reviewed, so every path
+inside it is reached relative to an open directory descriptor, one name at a time, never
+through a symlink (``O_NOFOLLOW``), and no open can block (``O_NONBLOCK``):
 
-Writing: a file appears at its final path only complete, by rename from a temporary name in the
-same folder, and never through a symlink planted in the path.
+- the folder itself (:func:`open_folder`): on the way to it, a symlink is followed only where
+  the step cannot have planted it, in the container's own root file system; inside any mounted
+  volume (``/proc/self/mountinfo``) a symlink on the way is refused;
+- put: :meth:`Folder.scan` walks with directory descriptors and classifies every entry, and
+  :meth:`Folder.open_file` opens a scanned file once, checking with ``fstat`` that it is the
+  regular file the scan saw; the file is hashed and sent from that descriptor, and
+  :meth:`OpenedFile.check_unchanged` proves afterwards that nobody wrote to it meanwhile;
+- get: :meth:`Folder.create` makes a temporary file beside the final name, relative to its
+  folder's descriptor, and :meth:`Incoming.commit` renames it into place within that folder.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import stat
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Callable, Iterator
 
-from catalog_agent.errors import IntegrityError, TransferError
+from catalog_agent.errors import FileChanged, IntegrityError, TransferError
 from catalog_agent.patterns import RESERVED
 
 # Kinds of entries found in the data folder.
@@ -32,129 +40,538 @@ FILE_MODE = 0o644
 EXEC_MODE = 0o755
 FOLDER_MODE = 0o755
 PART_SUFFIX = ".catalog-agent.part"
+# A temporary name keeps at most this many bytes of the final name, so that it stays within
+# the 255-byte limit of a name whatever the final name is (multi-byte characters included).
+TEMPORARY_NAME_KEEPS = 64
+
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+_NOCTTY = getattr(os, "O_NOCTTY", 0)
+OPEN_FOLDER = os.O_RDONLY | _DIRECTORY | _NOFOLLOW | _NONBLOCK | _CLOEXEC
+OPEN_FILE = os.O_RDONLY | _NOFOLLOW | _NONBLOCK | _NOCTTY | _CLOEXEC
+
+
+@dataclass(frozen=True)
+class Identity:
+    """What ``fstat`` says about a file: any write, truncation or swap changes one of these.
+
+    ``ctime`` cannot be set by a process: a writer that restores size and mtime still shows.
+    """
+
+    device: int
+    inode: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    links: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> Identity:
+        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns,
+                   st.st_nlink)
+
+    def same_file(self, other: Identity) -> bool:
+        return (self.device, self.inode) == (other.device, other.inode)
+
+    def changes(self, other: Identity) -> str:
+        """What differs between two looks at a file ('' when nothing does)."""
+        if not self.same_file(other):
+            return "replaced by another file"
+        if self.size != other.size:
+            return f"size {self.size} -> {other.size} bytes"
+        if (self.mtime_ns, self.ctime_ns) != (other.mtime_ns, other.ctime_ns):
+            return "written to"
+        return ""
 
 
 @dataclass(frozen=True)
 class LocalEntry:
-    """One entry of the data folder; ``path`` is what to open (a link's target for a symlink)."""
+    """One entry of the data folder.
+
+    ``source`` is the path, relative to the folder, of the regular file to read: the entry's
+    own, or for a symlink staying inside the folder, its target's.
+    """
 
     relative: str
-    path: Path
     kind: str
     size: int = 0
     executable: bool = False
+    source: str = ""
+    identity: Identity | None = None
 
 
-def scan(folder: Path) -> list[LocalEntry]:
-    """Every entry under ``folder`` except folders themselves, classified. Missing folder: []."""
-    if not folder.is_dir():
-        return []
-    root = Path(os.path.realpath(folder))
-    entries: list[LocalEntry] = []
-    inode_seen: dict[tuple[int, int], int] = {}
-    errors: list[OSError] = []
+class FolderMissing(Exception):
+    """The data folder does not exist (a put of it matches nothing)."""
 
-    for directory, dirnames, filenames in os.walk(root, onerror=errors.append):
-        base = Path(directory)
-        rel_dir = base.relative_to(root).as_posix()
-        if rel_dir == ".":
-            if RESERVED in dirnames:
-                dirnames.remove(RESERVED)
-            rel_dir = ""
-        names = filenames + [d for d in dirnames if os.path.islink(base / d)]
-        for name in sorted(names):
-            relative = f"{rel_dir}/{name}" if rel_dir else name
+
+def open_folder(path: str | os.PathLike[str], *, create: bool,
+                hide_reserved: bool = True) -> Folder:
+    """Open the data folder, refusing a symlink planted on the way to it (exit 6).
+
+    Every name of the path is opened relative to its parent's descriptor. A symlink is followed
+    only when the folder holding it is in the container's root file system (the image); one in
+    a mounted volume, where the step may have put it, is refused. Missing folders are created
+    (0755) when ``create``.
+    """
+    shown = os.fspath(path)
+    absolute = os.path.normpath(os.path.join(os.getcwd(), shown))
+    mounts = _mount_points()
+    fd = os.open("/", os.O_RDONLY | _DIRECTORY | _CLOEXEC)
+    walked = ""
+    try:
+        for name in [part for part in absolute.split("/") if part]:
+            here = _canonical(fd, walked or "/")
+            walked = f"{walked}/{name}"
             try:
-                entries.append(_classify(root, base / name, relative, inode_seen))
-            except FileNotFoundError:  # removed while we looked: not part of this put
-                continue
-    if errors:
-        first = errors[0]
-        raise TransferError(f"cannot read {first.filename}: {first.strerror}")
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                if not create:
+                    raise FolderMissing(shown) from None
+                _make_folder(fd, name)
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            if stat.S_ISLNK(st.st_mode):
+                volume = _volume_of(here, mounts)
+                if volume is not None:
+                    raise IntegrityError(
+                        f"refusing data folder {shown}: {walked} is a symlink inside the volume "
+                        f"mounted at {volume}, where the step could have planted it (give the "
+                        f"folder's real path)")
+                flags = os.O_RDONLY | _DIRECTORY | _CLOEXEC  # the image's own link: followed
+            else:
+                flags = OPEN_FOLDER
+            try:
+                child = os.open(name, flags, dir_fd=fd)
+            except OSError as exc:
+                raise _folder_error(shown, walked, exc, _kind(fd, name)) from None
+            os.close(fd)
+            fd = child
+        return Folder(shown, fd, hide_reserved=hide_reserved)
+    except BaseException:
+        os.close(fd)
+        raise
 
-    # A hard link whose other names are not all inside the folder may be a secret's second name.
-    checked = []
-    for entry in entries:
-        if entry.kind == FILE and not os.path.islink(root / entry.relative):
-            st = os.lstat(entry.path)
-            if st.st_nlink > inode_seen.get((st.st_dev, st.st_ino), 0):
-                entry = LocalEntry(entry.relative, entry.path, HARDLINK_OUTSIDE)
-        checked.append(entry)
-    return checked
+
+def _folder_error(shown: str, walked: str, exc: OSError, kind: str) -> Exception:
+    if kind == "a symlink" or exc.errno == errno.ELOOP:
+        return IntegrityError(f"refusing data folder {shown}: {walked} became a symlink")
+    if exc.errno == errno.ENOTDIR:
+        return IntegrityError(f"refusing data folder {shown}: {walked} is not a folder "
+                              f"({kind or 'gone'})")
+    return TransferError(f"cannot open data folder {shown}: {walked}: {exc.strerror or exc}")
 
 
-def _classify(root: Path, path: Path, relative: str,
-              inode_seen: dict[tuple[int, int], int]) -> LocalEntry:
-    st = os.lstat(path)
-    if stat.S_ISLNK(st.st_mode):
-        target = Path(os.path.realpath(path))
-        if not (target == root or root in target.parents):
-            return LocalEntry(relative, path, LINK_OUTSIDE)
+def _make_folder(parent_fd: int, name: str) -> None:
+    try:
+        os.mkdir(name, FOLDER_MODE, dir_fd=parent_fd)
+    except FileExistsError:
+        return
+    child = os.open(name, OPEN_FOLDER, dir_fd=parent_fd)
+    try:
+        os.fchmod(child, FOLDER_MODE)  # whatever the umask
+    finally:
+        os.close(child)
+
+
+def _canonical(fd: int, fallback: str) -> str:
+    """The kernel's name for an open folder (no symlinks in it), or ``fallback`` without /proc."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return fallback
+
+
+def _mount_points() -> list[str] | None:
+    """Mount points seen by this process, or None when /proc/self/mountinfo cannot be read."""
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as info:
+            lines = info.read().splitlines()
+    except OSError:
+        return None
+    points = []
+    for line in lines:
+        fields = line.split(" ")
+        if len(fields) > 4:
+            points.append(_unescape(fields[4]))
+    return points
+
+
+def _unescape(field: str) -> str:
+    """mountinfo writes space, tab, newline and backslash as octal escapes (\\040 ...)."""
+    out, index = [], 0
+    while index < len(field):
+        if field[index] == "\\" and field[index + 1:index + 4].isdigit():
+            out.append(chr(int(field[index + 1:index + 4], 8)))
+            index += 4
+        else:
+            out.append(field[index])
+            index += 1
+    return "".join(out)
+
+
+def _volume_of(canonical: str, mounts: list[str] | None) -> str | None:
+    """The mount point of the volume holding ``canonical``; None for the root file system.
+
+    Without mountinfo every folder counts as inside a volume: no symlink is followed at all.
+    """
+    if mounts is None:
+        return "(unknown: /proc/self/mountinfo unreadable)"
+    deepest = "/"
+    for point in mounts:
+        if point != "/" and (canonical == point or canonical.startswith(point.rstrip("/") + "/")):
+            if len(point) > len(deepest):
+                deepest = point
+    return None if deepest == "/" else deepest
+
+
+class Folder:
+    """An open folder: every path inside it is reached through descriptors, never a link."""
+
+    def __init__(self, shown: str, fd: int, *, hide_reserved: bool = True) -> None:
+        self.shown = shown
+        self.fd = fd
+        self.hide_reserved = hide_reserved  # a data folder's .catalog-agent/ is never put
+        self.real = _canonical(fd, os.path.realpath(shown))
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> Folder:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    # --- reading (put) ---
+
+    def scan(self) -> list[LocalEntry]:
+        """Every entry except folders themselves, classified; ``.catalog-agent/`` left out."""
+        entries: list[LocalEntry] = []
+        names_seen: dict[tuple[int, int], int] = {}
+        for relative, st in self.walk():
+            if stat.S_ISLNK(st.st_mode):
+                entries.append(self._classify_link(relative))
+            elif stat.S_ISREG(st.st_mode):
+                key = (st.st_dev, st.st_ino)
+                names_seen[key] = names_seen.get(key, 0) + 1
+                entries.append(LocalEntry(relative, FILE, st.st_size,
+                                          bool(st.st_mode & 0o100), relative, Identity.of(st)))
+            else:
+                entries.append(LocalEntry(relative, SPECIAL))
+        # A hard link whose other names are not all inside the folder may be a secret's second
+        # name; so may a symlink to such a file.
+        checked = []
+        for entry in entries:
+            identity = entry.identity
+            if entry.kind == FILE and identity is not None and \
+                    identity.links > names_seen.get((identity.device, identity.inode), 0):
+                entry = LocalEntry(entry.relative, HARDLINK_OUTSIDE)
+            checked.append(entry)
+        return checked
+
+    def walk(self, under: str = "") -> Iterator[tuple[str, os.stat_result]]:
+        """(relative path, lstat) of every non-folder entry below ``under`` ('' for all), depth
+        first, sorted by name; nothing when ``under`` is missing or not a folder."""
+        if not under:
+            yield from self._walk("", os.dup(self.fd))
+            return
+        try:
+            start = self._open(under.rstrip("/"), OPEN_FOLDER, what=under)
+        except (OSError, IntegrityError):
+            return
+        yield from self._walk(under.rstrip("/") + "/", start)
+
+    def _walk(self, prefix: str, start_fd: int) -> Iterator[tuple[str, os.stat_result]]:
+        stack: list[tuple[str, int]] = [(prefix, start_fd)]
+        try:
+            while stack:
+                prefix, dir_fd = stack.pop()
+                try:
+                    listed = sorted(os.scandir(dir_fd), key=lambda e: e.name, reverse=True)
+                    for item in listed:
+                        relative = prefix + item.name
+                        if not prefix and item.name == RESERVED and self.hide_reserved:
+                            continue
+                        try:
+                            st = os.stat(item.name, dir_fd=dir_fd, follow_symlinks=False)
+                        except FileNotFoundError:  # removed while we looked: not part of it
+                            continue
+                        if stat.S_ISDIR(st.st_mode):
+                            stack.append((relative + "/", self._open_child(dir_fd, item.name,
+                                                                           relative, st)))
+                        else:
+                            yield relative, st
+                except PermissionError as exc:
+                    raise TransferError(f"cannot read {self.shown}/{prefix or '.'}: "
+                                        f"{exc.strerror}") from None
+                finally:
+                    os.close(dir_fd)
+        finally:
+            for _, dir_fd in stack:
+                os.close(dir_fd)
+
+    def _open_child(self, dir_fd: int, name: str, relative: str, seen: os.stat_result) -> int:
+        try:
+            child = os.open(name, OPEN_FOLDER, dir_fd=dir_fd)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.ENOENT):
+                raise FileChanged(f"{relative} changed while the data folder was scanned "
+                                  f"(now {_kind(dir_fd, name) or 'gone'})") from None
+            raise TransferError(f"cannot read {self.shown}/{relative}: {exc.strerror}") from None
+        if not Identity.of(os.fstat(child)).same_file(Identity.of(seen)):
+            os.close(child)
+            raise FileChanged(f"{relative} changed while the data folder was scanned "
+                              f"(replaced by another folder)")
+        return child
+
+    def _classify_link(self, relative: str) -> LocalEntry:
+        """A symlink counts only when it stays inside the folder and leads to a regular file."""
+        target = os.path.realpath(os.path.join(self.real, relative))
+        root = self.real.rstrip("/")
+        if not (target == root or target.startswith(root + "/")):
+            return LocalEntry(relative, LINK_OUTSIDE)
         try:
             st = os.stat(target)
         except OSError:
-            return LocalEntry(relative, path, DANGLING)
+            return LocalEntry(relative, DANGLING)
         if stat.S_ISDIR(st.st_mode):
-            return LocalEntry(relative, path, LINK_TO_FOLDER)
+            return LocalEntry(relative, LINK_TO_FOLDER)
         if not stat.S_ISREG(st.st_mode):
-            return LocalEntry(relative, path, SPECIAL)
-        return LocalEntry(relative, target, FILE, st.st_size, bool(st.st_mode & 0o100))
-    if not stat.S_ISREG(st.st_mode):
-        return LocalEntry(relative, path, SPECIAL)
-    key = (st.st_dev, st.st_ino)
-    inode_seen[key] = inode_seen.get(key, 0) + 1
-    return LocalEntry(relative, path, FILE, st.st_size, bool(st.st_mode & 0o100))
+            return LocalEntry(relative, SPECIAL)
+        source = target[len(root) + 1:]
+        return LocalEntry(relative, FILE, st.st_size, bool(st.st_mode & 0o100), source,
+                          Identity.of(st))
 
-
-def open_regular(path: Path) -> int:
-    """Open a file for reading, refusing anything that turned into a non-regular file."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise IntegrityError(f"{path} is no longer a regular file")
-    return fd
-
-
-def destination(folder: Path, relative: str) -> Path:
-    """The final path of ``relative``, creating its folders; refuses symlinked folders on the way."""
-    root = Path(folder)
-    root.mkdir(mode=FOLDER_MODE, parents=True, exist_ok=True)
-    current = root
-    parts = relative.split("/")
-    for part in parts[:-1]:
-        current = current / part
+    def open_file(self, entry: LocalEntry) -> OpenedFile:
+        """Open a scanned file once; it must still be the regular file the scan saw, unchanged."""
+        assert entry.identity is not None, entry
+        fd = self._open(entry.source, OPEN_FILE, what=entry.relative)
         try:
-            st = os.lstat(current)
-        except FileNotFoundError:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise FileChanged(f"{entry.relative} changed after the scan: no longer a "
+                                  f"regular file")
+            now = Identity.of(st)
+            change = entry.identity.changes(now)
+            if change:
+                raise FileChanged(f"{entry.relative} changed after the scan ({change})")
+        except BaseException:
+            os.close(fd)
+            raise
+        return OpenedFile(entry.relative, fd, now)
+
+    def read_hash(self, relative: str, size: int, digest: Callable[[int, int], str]
+                  ) -> str | None:
+        """``digest(fd, size)`` of the regular file at ``relative`` when it has ``size`` bytes;
+        None when it is absent, of another size, or not a regular file (get then replaces it)."""
+        try:
+            fd = self._open(relative, OPEN_FILE, what=relative)
+        except (OSError, IntegrityError):
+            return None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_size != size:
+                return None
+            return digest(fd, size)
+        finally:
+            os.close(fd)
+
+    def open_existing(self, relative: str) -> int:
+        """Open the regular file ``relative`` for reading (no link followed, no blocking)."""
+        fd = self._open(relative, OPEN_FILE, what=relative)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise IntegrityError(f"{self.shown}/{relative} is not a regular file")
+        return fd
+
+    def _open(self, relative: str, flags: int, *, what: str) -> int:
+        """Open ``relative`` name by name below the folder, no symlink followed."""
+        parts = relative.split("/")
+        dir_fd = self.fd
+        try:
+            for index, part in enumerate(parts[:-1]):
+                try:
+                    child = os.open(part, OPEN_FOLDER, dir_fd=dir_fd)
+                except OSError as exc:
+                    raise _changed(what, "/".join(parts[:index + 1]), exc,
+                                   _kind(dir_fd, part)) from None
+                if dir_fd != self.fd:
+                    os.close(dir_fd)
+                dir_fd = child
             try:
-                os.mkdir(current, FOLDER_MODE)
-                os.chmod(current, FOLDER_MODE)
-            except FileExistsError:
+                return os.open(parts[-1], flags, dir_fd=dir_fd)
+            except OSError as exc:
+                raise _changed(what, relative, exc, _kind(dir_fd, parts[-1])) from None
+        finally:
+            if dir_fd != self.fd:
+                os.close(dir_fd)
+
+    # --- writing (get) ---
+
+    def create(self, relative: str) -> Incoming:
+        """A new temporary file beside ``relative``'s final name, its folders made on the way."""
+        parent, name = self._parent(relative)
+        try:
+            temporary = temporary_name(name)
+            fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC,
+                         0o600, dir_fd=parent)
+        except OSError as exc:
+            if parent != self.fd:
+                os.close(parent)
+            raise TransferError(f"cannot create a file in {self.shown}/{relative}: "
+                                f"{exc.strerror or exc}") from None
+        except BaseException:
+            if parent != self.fd:
+                os.close(parent)
+            raise
+        return Incoming(self, relative, parent, name, temporary, fd)
+
+    def _parent(self, relative: str) -> tuple[int, str]:
+        """(descriptor of the folder that holds ``relative``, its last name); folders made 0755."""
+        parts = relative.split("/")
+        dir_fd = self.fd
+        try:
+            for index, part in enumerate(parts[:-1]):
+                where = "/".join(parts[:index + 1])
+                try:
+                    child = os.open(part, OPEN_FOLDER, dir_fd=dir_fd)
+                except FileNotFoundError:
+                    try:
+                        _make_folder(dir_fd, part)
+                        child = os.open(part, OPEN_FOLDER, dir_fd=dir_fd)
+                    except OSError as exc:
+                        raise _unwritable(relative, where, exc, _kind(dir_fd, part)) from None
+                except OSError as exc:
+                    raise _unwritable(relative, where, exc, _kind(dir_fd, part)) from None
+                if dir_fd != self.fd:
+                    os.close(dir_fd)
+                dir_fd = child
+        except BaseException:
+            if dir_fd != self.fd:
+                os.close(dir_fd)
+            raise
+        return dir_fd, parts[-1]
+
+
+@dataclass
+class OpenedFile:
+    """A regular file of the data folder, open for reading; ``identity`` as first seen open."""
+
+    relative: str
+    fd: int
+    identity: Identity
+
+    @property
+    def size(self) -> int:
+        return self.identity.size
+
+    @property
+    def executable(self) -> bool:
+        return bool(os.fstat(self.fd).st_mode & 0o100)
+
+    def check_unchanged(self) -> None:
+        """FileChanged (exit 6) when the file was written, resized or replaced since opened."""
+        change = self.identity.changes(Identity.of(os.fstat(self.fd)))
+        if change:
+            raise FileChanged(f"{self.relative} changed while it was being put ({change}); "
+                              f"nothing was recorded for this put")
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+@dataclass
+class Incoming:
+    """A file being written by get: invisible under its final name until :meth:`commit`."""
+
+    folder: Folder
+    relative: str
+    parent: int
+    name: str
+    temporary: str
+    fd: int
+
+    def commit(self, executable: bool) -> None:
+        """Give the finished file its mode and move it to its final name in one step."""
+        os.fchmod(self.fd, EXEC_MODE if executable else FILE_MODE)
+        try:
+            st = os.stat(self.name, dir_fd=self.parent, follow_symlinks=False)
+        except FileNotFoundError:
+            st = None
+        if st is not None and stat.S_ISDIR(st.st_mode):
+            raise IntegrityError(f"refusing to replace folder {self.folder.shown}/"
+                                 f"{self.relative} with a file")
+        # rename() replaces a symlink at the final name itself, never what it points to.
+        os.rename(self.temporary, self.name, src_dir_fd=self.parent, dst_dir_fd=self.parent)
+        self.temporary = ""
+        self.close()
+
+    def discard(self) -> None:
+        """Remove the temporary file (after a failure); safe to call more than once."""
+        if self.temporary:
+            try:
+                os.unlink(self.temporary, dir_fd=self.parent)
+            except FileNotFoundError:
                 pass
-            st = os.lstat(current)
-        if stat.S_ISLNK(st.st_mode):
-            raise IntegrityError(f"refusing to write {relative!r}: {current} is a symlink")
-        if not stat.S_ISDIR(st.st_mode):
-            raise IntegrityError(f"refusing to write {relative!r}: {current} is not a folder")
-    return current / parts[-1]
+            self.temporary = ""
+        self.close()
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        if self.parent >= 0 and self.parent != self.folder.fd:
+            os.close(self.parent)
+        self.parent = -1
 
 
-def temporary_for(final: Path) -> Path:
-    """A hidden temporary name beside ``final``; rename from it is atomic."""
-    name = f".{final.name[:180]}.{secrets.token_hex(4)}{PART_SUFFIX}"
-    return final.with_name(name)
+def temporary_name(final_name: str) -> str:
+    """A hidden name beside ``final_name``, within the 255-byte limit whatever the final name.
+
+    It keeps the first 64 bytes (whole characters) of the final name, for people reading a
+    listing during a transfer, and a random part so that concurrent writers never collide.
+    """
+    kept = final_name.encode("utf-8", "surrogateescape")[:TEMPORARY_NAME_KEEPS]
+    kept_text = kept.decode("utf-8", "ignore")
+    return f".{kept_text}.{secrets.token_hex(4)}{PART_SUFFIX}"
 
 
-def commit(temporary: Path, final: Path, executable: bool) -> None:
-    """Give the finished file its mode and move it to its final name in one step."""
-    os.chmod(temporary, EXEC_MODE if executable else FILE_MODE)
-    if final.is_dir() and not final.is_symlink():
-        raise IntegrityError(f"refusing to replace folder {final} with a file")
-    os.replace(temporary, final)
+def _changed(what: str, where: str, exc: OSError, kind: str) -> Exception:
+    if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.ENOENT, errno.ENXIO):
+        return FileChanged(f"{what} changed after the scan ({where} is now "
+                           f"{kind or 'gone'})")
+    return TransferError(f"cannot open {where}: {exc.strerror or exc}")
 
 
-def discard(temporary: Path) -> None:
+def _kind(dir_fd: int, name: str) -> str:
+    """What ``name`` is, for an error message ('' when it cannot be looked at)."""
     try:
-        os.unlink(temporary)
-    except FileNotFoundError:
-        pass
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except OSError:
+        return ""
+    if stat.S_ISLNK(st.st_mode):
+        return "a symlink"
+    if stat.S_ISDIR(st.st_mode):
+        return "a folder"
+    if stat.S_ISREG(st.st_mode):
+        return "a file"
+    return "a FIFO, socket or device"
+
+
+def _unwritable(relative: str, where: str, exc: OSError, kind: str) -> Exception:
+    if kind == "a symlink" or exc.errno == errno.ELOOP:
+        return IntegrityError(f"refusing to write {relative!r}: {where} is a symlink")
+    if exc.errno in (errno.ENOTDIR, errno.EEXIST):
+        return IntegrityError(f"refusing to write {relative!r}: {where} is not a folder "
+                              f"({kind or 'gone'})")
+    return TransferError(f"cannot write {relative!r}: {where}: {exc.strerror or exc}")
+
+
+__all__ = ["FILE", "LINK_OUTSIDE", "HARDLINK_OUTSIDE", "LINK_TO_FOLDER", "DANGLING", "SPECIAL",
+           "UNSAFE_LINKS", "PART_SUFFIX", "Folder", "FolderMissing", "Identity", "Incoming",
+           "LocalEntry", "OpenedFile", "open_folder", "temporary_name"]

@@ -7,10 +7,9 @@ the functions here turn them into a plan or a clear error, before a single byte 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Iterable
 
-from catalog_agent.errors import IntegrityError, NoMatchError
+from catalog_agent.errors import IntegrityError, NoMatchError, TransferError
 from catalog_agent.keys import unsafe_reason
 from catalog_agent.local import FILE, UNSAFE_LINKS, LocalEntry
 from catalog_agent.patterns import Pattern
@@ -27,13 +26,29 @@ class Skipped:
 
 @dataclass(frozen=True)
 class PutItem:
-    relative: str
-    source: Path
+    """A file to put: where it goes. Its hash is learnt as the transfer reads it."""
+
+    entry: LocalEntry
     key: str
-    size: int
+
+    @property
+    def relative(self) -> str:
+        return self.entry.relative
+
+    @property
+    def size(self) -> int:
+        return self.entry.size
+
+
+@dataclass(frozen=True)
+class Stored:
+    """A file a put recorded: what the manifest says of it."""
+
+    relative: str
     sha256: str
+    size: int
     executable: bool
-    unchanged: bool  # the catalog already holds these bytes under this key
+    moved: bool  # False: the catalog already held these bytes under this key
 
 
 @dataclass(frozen=True)
@@ -86,16 +101,24 @@ def select_put(entries: list[LocalEntry], patterns: list[Pattern], *, allow_miss
     return files, skipped
 
 
-def plan_put(files: list[tuple[LocalEntry, str]], state: RunState) -> list[PutItem]:
-    """Upload items for hashed files; those the catalog already holds are marked unchanged."""
+def plan_put(files: list[LocalEntry], run_prefix: str, *,
+             max_object_size: int | None) -> list[PutItem]:
+    """Where each file goes; a file the store cannot hold stops the put before anything is sent."""
     items = []
-    for entry, sha256 in files:
-        stored = state.objects.get(entry.relative)
-        unchanged = (stored is not None and stored.size == entry.size
-                     and state.catalog_sha256(entry.relative) == sha256)
-        items.append(PutItem(entry.relative, entry.path, state.run_prefix + entry.relative,
-                             entry.size, sha256, entry.executable, unchanged))
+    for entry in files:
+        if max_object_size is not None and entry.size > max_object_size:
+            raise TransferError(f"refusing to put {entry.relative!r}: {entry.size:,} bytes, more "
+                                f"than the {max_object_size:,} bytes an object may hold; "
+                                f"nothing was sent")
+        items.append(PutItem(entry, run_prefix + entry.relative))
     return items
+
+
+def already_stored(item: PutItem, sha256: str, size: int, state: RunState) -> bool:
+    """True when the catalog holds exactly these bytes under the item's key (nothing to send)."""
+    stored = state.objects.get(item.relative)
+    return (stored is not None and stored.size == size
+            and state.catalog_sha256(item.relative) == sha256)
 
 
 def select_get(state: RunState, patterns: list[Pattern], *, allow_missing: bool,

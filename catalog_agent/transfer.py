@@ -11,13 +11,15 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
-from catalog_agent import local
+from catalog_agent import plan
 from catalog_agent.errors import AgentError, IntegrityError, Interrupted, TransferError
+from catalog_agent.hashing import digest_file
+from catalog_agent.local import Folder
 from catalog_agent.logs import get_logger
-from catalog_agent.plan import CopyItem, GetItem, PutItem
+from catalog_agent.plan import CopyItem, GetItem, PutItem, Stored
+from catalog_agent.run_state import RunState
 from catalog_agent.stores.base import Store
 
 T = TypeVar("T")
@@ -161,21 +163,53 @@ def _execute(moving: list[T], size: Callable[[T], int], work: Callable[[T, Progr
     return result
 
 
-def put(store: Store, items: list[PutItem], *, concurrency: int,
-        cancel: threading.Event) -> Result:
-    """Store every changed item; the manifest is the caller's, written only after this returns."""
-    moving = [i for i in items if not i.unchanged]
+def put(store: Store, folder: Folder, items: list[PutItem], state: RunState, *,
+        concurrency: int, cancel: threading.Event) -> tuple[Result, list[Stored]]:
+    """Store every file the catalog does not already hold, each read from one open file.
 
-    def upload(item: PutItem, progress: Progress) -> None:
-        store.upload(item.source, item.key, size=item.size, sha256=item.sha256,
-                     executable=item.executable, progress=progress.add_bytes, cancel=cancel)
-        progress.file_done()
+    For each file: open it once (it must be the file the scan saw), read it once for its hash
+    (and its parts' hashes), skip it when the catalog already holds these bytes, else send it
+    from the same descriptor with those hashes as checksums, and finally check that nobody
+    wrote to it meanwhile. The manifest is the caller's, written only after this returns.
+    """
+    recorded: list[Stored | None] = [None] * len(items)
+    result = Result()
+    skipped_lock = threading.Lock()
 
-    return _execute(moving, lambda i: i.size, upload, Result(skipped=len(items) - len(moving)),
-                    concurrency=concurrency, cancel=cancel)
+    def upload(indexed: tuple[int, PutItem], progress: Progress) -> None:
+        index, item = indexed
+        opened = folder.open_file(item.entry)
+        try:
+            digest = digest_file(opened.fd, opened.size, part_size=store.part_size(opened.size),
+                                 cancel=cancel)
+            moved = not plan.already_stored(item, digest.sha256, opened.size, state)
+            if moved:
+                try:
+                    store.upload(opened, digest, item.key, executable=item.entry.executable,
+                                 progress=progress.add_bytes, cancel=cancel)
+                except IntegrityError:
+                    raise
+                except AgentError as exc:
+                    if not isinstance(exc, Interrupted):
+                        opened.check_unchanged()  # a changed file explains the failure best
+                    raise
+            opened.check_unchanged()
+        finally:
+            opened.close()
+        recorded[index] = Stored(item.relative, digest.sha256, opened.size,
+                                 item.entry.executable, moved)
+        if moved:
+            progress.file_done()
+        else:
+            with skipped_lock:
+                result.skipped += 1
+
+    _execute(list(enumerate(items)), lambda pair: pair[1].size, upload, result,
+             concurrency=concurrency, cancel=cancel)
+    return result, [r for r in recorded if r is not None]
 
 
-def get(store: Store, folder: Path, items: list[GetItem], *, concurrency: int,
+def get(store: Store, folder: Folder, items: list[GetItem], *, concurrency: int,
         cancel: threading.Event) -> Result:
     """Fetch every item not already present; each file appears only verified and complete."""
     moving = [i for i in items if not i.unchanged]
@@ -183,10 +217,9 @@ def get(store: Store, folder: Path, items: list[GetItem], *, concurrency: int,
     unverified_lock = threading.Lock()
 
     def download(item: GetItem, progress: Progress) -> None:
-        final = local.destination(folder, item.relative)
-        temporary = local.temporary_for(final)
+        target = folder.create(item.relative)
         try:
-            fetched = store.download(item.key, temporary, size=item.size,
+            fetched = store.download(item.key, target, size=item.size,
                                      progress=progress.add_bytes, cancel=cancel)
             expected = item.expected_sha256 or fetched.stored_sha256
             if expected is not None and fetched.sha256 != expected:
@@ -196,10 +229,9 @@ def get(store: Store, folder: Path, items: list[GetItem], *, concurrency: int,
             if expected is None:
                 with unverified_lock:
                     result.unverified.append(item.relative)
-            local.commit(temporary, final, item.executable or fetched.executable)
-        except BaseException:
-            local.discard(temporary)
-            raise
+            target.commit(item.executable or fetched.executable)
+        finally:
+            target.discard()
         progress.file_done()
 
     return _execute(moving, lambda i: i.size, download, result, concurrency=concurrency,

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from catalog_agent.stores.s3 import MULTIPART_THRESHOLD, PART_SIZE
+from catalog_agent.stores.s3 import DEFAULT_PART_SIZE as PART_SIZE
+from catalog_agent.stores.s3 import DEFAULT_THRESHOLD as MULTIPART_THRESHOLD
 
 MiB = 1024 * 1024
 

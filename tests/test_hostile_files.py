@@ -211,30 +211,31 @@ def test_an_absurd_manifest_makes_get_exit_6_and_write_nothing(agent, s3, bucket
 
 def test_a_file_swapped_for_a_fifo_after_the_scan_is_refused_not_waited_on(tmp_path: Path
                                                                             ) -> None:
-    """The race between scan and hash, played in-process: exit-6 error, never a blocked read."""
+    """The race between scan and open, played in-process: exit-6 error, never a blocked read."""
     import threading
 
-    from catalog_agent import commands, local
+    from catalog_agent import local
     from catalog_agent.errors import IntegrityError
 
     folder = tmp_path / "data"
     folder.mkdir()
     (folder / "a.txt").write_text("a")
-    entries = local.scan(folder)
+    opened_folder = local.open_folder(folder, create=False)
+    (entry,) = opened_folder.scan()
     (folder / "a.txt").unlink()
     os.mkfifo(folder / "a.txt")
-    outcome: list[BaseException | list[str]] = []
+    outcome: list[BaseException | object] = []
 
-    def hash_them() -> None:
+    def open_it() -> None:
         try:
-            outcome.append(commands._hash_all(entries, 1, threading.Event()))
+            outcome.append(opened_folder.open_file(entry))
         except BaseException as exc:  # noqa: BLE001 - reported below
             outcome.append(exc)
 
-    worker = threading.Thread(target=hash_them, daemon=True)
+    worker = threading.Thread(target=open_it, daemon=True)
     worker.start()
     worker.join(30)
-    assert not worker.is_alive(), "hashing blocked on a FIFO"
+    assert not worker.is_alive(), "opening blocked on a FIFO"
     assert isinstance(outcome[0], IntegrityError), outcome
 
 

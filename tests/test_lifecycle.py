@@ -396,17 +396,20 @@ def test_sigterm_during_get_leaves_no_partial_file(pod: Pod, agent: Any, s3: Any
 
 
 def test_hashing_before_a_put_stops_on_sigterm(tmp_path: Path) -> None:
-    """Hashing a large folder must not outlast the grace period: it stops between files."""
+    """Hashing a large file must not outlast the grace period: it stops between blocks."""
     import threading
 
-    from catalog_agent import commands, local
     from catalog_agent.errors import Interrupted
+    from catalog_agent.hashing import digest_file
 
-    for index in range(4):
-        (tmp_path / f"f{index}").write_bytes(b"x" * 1000)
-    entries = local.scan(tmp_path)
+    path = tmp_path / "big"
+    path.write_bytes(b"x" * 3_000_000)
     cancel = threading.Event()
-    assert len(commands._hash_all(entries, 4, cancel)) == 4
-    cancel.set()
-    with pytest.raises(Interrupted):
-        commands._hash_all(entries, 4, cancel)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert digest_file(fd, 3_000_000, part_size=None, cancel=cancel).size == 3_000_000
+        cancel.set()
+        with pytest.raises(Interrupted):
+            digest_file(fd, 3_000_000, part_size=None, cancel=cancel)
+    finally:
+        os.close(fd)

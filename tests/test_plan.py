@@ -1,7 +1,5 @@
 """Planning is pure: facts in, plan or error out, no network (milliseconds)."""
 
-from pathlib import Path
-
 import pytest
 
 from catalog_agent import plan
@@ -25,19 +23,31 @@ def state(objects: dict[str, int], recorded: dict[str, str] | None = None,
 
 
 def entry(rel: str, kind: str = FILE, size: int = 3) -> LocalEntry:
-    return LocalEntry(rel, Path("/data") / rel, kind, size)
+    return LocalEntry(rel, kind, size, source=rel if kind == FILE else "")
 
 
 def test_put_marks_files_the_catalog_already_holds() -> None:
-    files = [(entry("a"), H1), (entry("b"), H1), (entry("c"), H1)]
-    items = plan.plan_put(files, state({"a": 3, "b": 3}, recorded={"a": H1, "b": H2}))
-    assert [(i.key, i.unchanged) for i in items] == [
+    items = plan.plan_put([entry("a"), entry("b"), entry("c")], "p/run/", max_object_size=None)
+    s = state({"a": 3, "b": 3}, recorded={"a": H1, "b": H2})
+    assert [(i.key, plan.already_stored(i, H1, 3, s)) for i in items] == [
         ("p/run/a", True), ("p/run/b", False), ("p/run/c", False)]
+    assert not plan.already_stored(items[0], H1, 4, s)  # same hash claimed, other size
 
 
 def test_put_uses_object_metadata_when_no_manifest_records_it() -> None:
-    items = plan.plan_put([(entry("a"), H1)], state({"a": 3}, meta={"a": H1}))
-    assert items[0].unchanged
+    (item,) = plan.plan_put([entry("a")], "p/run/", max_object_size=None)
+    assert plan.already_stored(item, H1, 3, state({"a": 3}, meta={"a": H1}))
+
+
+def test_put_refuses_a_file_larger_than_the_store_holds_before_sending_anything() -> None:
+    from catalog_agent.errors import TransferError
+    from catalog_agent.stores.s3 import MAX_OBJECT_SIZE
+
+    files = [entry("small"), entry("huge", size=MAX_OBJECT_SIZE + 1)]
+    with pytest.raises(TransferError, match="'huge'.*nothing was sent"):
+        plan.plan_put(files, "p/run/", max_object_size=MAX_OBJECT_SIZE)
+    assert len(plan.plan_put([entry("at-limit", size=MAX_OBJECT_SIZE)], "p/run/",
+                             max_object_size=MAX_OBJECT_SIZE)) == 1
 
 
 def test_select_put_skips_links_and_special_files_unless_strict() -> None:

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable, Iterator, Protocol
+from typing import TYPE_CHECKING, Callable, Iterator, Protocol
+
+if TYPE_CHECKING:
+    from catalog_agent.hashing import Digest
+    from catalog_agent.local import Incoming, OpenedFile
 
 # Called with a byte count as data moves, for progress reporting.
 ProgressCallback = Callable[[int], None]
@@ -33,6 +36,7 @@ class Fetched:
 
 class Store(Protocol):
     location: str  # catalog_handler_location, e.g. s3://bucket or /mnt/catalog
+    max_object_size: int | None  # the largest object the store can hold (None: no limit)
 
     def list(self, prefix: str) -> Iterator[StoredObject]: ...
 
@@ -42,11 +46,16 @@ class Store(Protocol):
 
     def write_small(self, key: str, data: bytes) -> None: ...
 
-    def upload(self, source: Path, key: str, *, size: int, sha256: str, executable: bool,
-               progress: ProgressCallback, cancel: threading.Event) -> None: ...
+    def part_size(self, size: int) -> int | None:
+        """Bytes per part when an object of ``size`` bytes goes in parts (None: in one piece)."""
 
-    def download(self, key: str, target: Path, *, size: int, progress: ProgressCallback,
-                 cancel: threading.Event) -> Fetched: ...
+    def upload(self, opened: OpenedFile, digest: Digest, key: str, *, executable: bool,
+               progress: ProgressCallback, cancel: threading.Event) -> None:
+        """Store exactly the bytes ``digest`` was computed from (read from ``opened``)."""
+
+    def download(self, key: str, target: Incoming, *, size: int, progress: ProgressCallback,
+                 cancel: threading.Event) -> Fetched:
+        """Write the object into ``target`` (a new temporary file) and hash what was written."""
 
     def copy(self, source_key: str, target_key: str, *, size: int) -> None: ...
 

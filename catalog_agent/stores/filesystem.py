@@ -1,126 +1,166 @@
 """A catalog in a local folder (``type: file-system``): same layout, for local runs and volumes.
 
 Hashes live in the manifests, as in magnus's file-system catalog; an object's executable bit is
-its file mode. Every write goes through a temporary name and a rename.
+its file mode. The folder is reached the way the data folder is (:mod:`catalog_agent.local`):
+through descriptors, never a symlink; every write goes through a temporary name and a rename.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import shutil
+import stat
 import threading
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import Iterator
 
-from catalog_agent.errors import IntegrityError, Interrupted, TransferError
-from catalog_agent.local import commit, destination, discard, open_regular, temporary_for
+from catalog_agent.errors import FileChanged, IntegrityError, Interrupted, TransferError
+from catalog_agent.hashing import Digest
+from catalog_agent.local import PART_SUFFIX, Folder, FolderMissing, Incoming, OpenedFile, \
+    open_folder
 from catalog_agent.stores.base import Fetched, ProgressCallback, StoredObject
 
 CHUNK = 1024 * 1024
 
 
 class FileSystemStore:
+    max_object_size = None
+
     def __init__(self, location: str) -> None:
         self.root = Path(location)
         self.location = str(self.root.resolve())
+        self._folder: Folder | None = None
+        self._lock = threading.Lock()
 
     def close(self) -> None:
-        pass
+        if self._folder is not None:
+            self._folder.close()
 
-    def _path(self, key: str) -> Path:
-        return self.root / key
+    def _open(self, create: bool) -> Folder | None:
+        """The catalog folder, opened once; None while it does not exist (nothing stored)."""
+        with self._lock:
+            if self._folder is None:
+                try:
+                    self._folder = open_folder(self.root, create=create, hide_reserved=False)
+                except FolderMissing:
+                    return None
+            return self._folder
+
+    def part_size(self, size: int) -> int | None:
+        return None
 
     def list(self, prefix: str) -> Iterator[StoredObject]:
-        base = self._path(prefix)
-        if not base.is_dir():
+        folder = self._open(create=False)
+        if folder is None:
             return
-        for directory, _dirs, files in os.walk(base):
-            for name in sorted(files):
-                path = Path(directory) / name
-                if name.endswith(".catalog-agent.part"):
-                    continue
-                st = os.lstat(path)
-                if not os.path.isfile(path) or os.path.islink(path):
-                    continue
-                key = path.relative_to(self.root).as_posix()
-                yield StoredObject(key, st.st_size, executable=bool(st.st_mode & 0o100),
-                                   modified=st.st_mtime)
+        for relative, st in folder.walk(prefix):
+            if relative.endswith(PART_SUFFIX) or not stat.S_ISREG(st.st_mode):
+                continue
+            yield StoredObject(relative, st.st_size, executable=bool(st.st_mode & 0o100),
+                               modified=st.st_mtime)
 
     def head(self, key: str) -> StoredObject | None:
-        path = self._path(key)
-        if not path.is_file() or path.is_symlink():
+        fd = self._read(key)
+        if fd is None:
             return None
-        st = path.stat()
+        try:
+            st = os.fstat(fd)
+        finally:
+            os.close(fd)
         return StoredObject(key, st.st_size, executable=bool(st.st_mode & 0o100),
                             modified=st.st_mtime)
 
     def read_small(self, key: str, limit: int) -> bytes | None:
-        path = self._path(key)
-        if not path.is_file():
+        fd = self._read(key)
+        if fd is None:
             return None
-        if path.stat().st_size > limit:
-            raise IntegrityError(f"{path} is larger than {limit} bytes")
-        return path.read_bytes()
+        try:
+            size = os.fstat(fd).st_size
+            if size > limit:
+                raise IntegrityError(f"{self.root / key} is larger than {limit} bytes")
+            return os.pread(fd, size, 0)
+        finally:
+            os.close(fd)
+
+    def _read(self, key: str) -> int | None:
+        folder = self._open(create=False)
+        if folder is None:
+            return None
+        try:
+            return folder.open_existing(key)
+        except (OSError, IntegrityError):
+            return None
 
     def write_small(self, key: str, data: bytes) -> None:
-        final = destination(self.root, key)
-        temporary = temporary_for(final)
+        target = self._create(key)
         try:
-            temporary.write_bytes(data)
-            commit(temporary, final, executable=False)
-        except BaseException:
-            discard(temporary)
-            raise
+            os.write(target.fd, data)
+            target.commit(executable=False)
+        finally:
+            target.discard()
 
-    def upload(self, source: Path, key: str, *, size: int, sha256: str, executable: bool,
+    def _create(self, key: str) -> Incoming:
+        folder = self._open(create=True)
+        assert folder is not None
+        return folder.create(key)
+
+    def upload(self, opened: OpenedFile, digest: Digest, key: str, *, executable: bool,
                progress: ProgressCallback, cancel: threading.Event) -> None:
-        final = destination(self.root, key)
-        temporary = temporary_for(final)
+        target = self._create(key)
         try:
-            with os.fdopen(open_regular(source), "rb") as reader, open(temporary, "wb") as writer:
-                written = _copy_hashing(reader, writer, progress, cancel)
-            if written != sha256:
-                raise IntegrityError(f"{source} changed while it was being put")
-            commit(temporary, final, executable)
+            written = _copy_hashing(opened.fd, target.fd, digest.size, progress, cancel)
+            if written != digest.sha256:
+                raise FileChanged(f"{opened.relative} changed while it was being put; nothing "
+                                  f"was recorded for this put")
+            target.commit(executable)
         except OSError as exc:
-            discard(temporary)
             raise TransferError(f"store {key} in {self.root}: {exc.strerror or exc}") from None
-        except BaseException:
-            discard(temporary)
-            raise
+        finally:
+            target.discard()
 
-    def download(self, key: str, target: Path, *, size: int, progress: ProgressCallback,
+    def download(self, key: str, target: Incoming, *, size: int, progress: ProgressCallback,
                  cancel: threading.Event) -> Fetched:
-        source = self._path(key)
+        source = self._read(key)
+        if source is None:
+            raise TransferError(f"{self.root / key} disappeared from the catalog")
         try:
-            with os.fdopen(open_regular(source), "rb") as reader, open(target, "wb") as writer:
-                digest = _copy_hashing(reader, writer, progress, cancel)
-                executable = bool(os.fstat(reader.fileno()).st_mode & 0o100)
-        except FileNotFoundError:
-            raise TransferError(f"{source} disappeared from the catalog") from None
-        return Fetched(digest, None, executable)
+            st = os.fstat(source)
+            digest = _copy_hashing(source, target.fd, st.st_size, progress, cancel)
+            return Fetched(digest, None, bool(st.st_mode & 0o100))
+        finally:
+            os.close(source)
 
     def copy(self, source_key: str, target_key: str, *, size: int) -> None:
-        source = self._path(source_key)
-        final = destination(self.root, target_key)
-        temporary = temporary_for(final)
+        source = self._read(source_key)
+        if source is None:
+            raise TransferError(f"{self.root / source_key} disappeared from the catalog")
+        target = self._create(target_key)
         try:
-            shutil.copyfile(source, temporary)
-            commit(temporary, final, executable=bool(source.stat().st_mode & 0o100))
-        except BaseException:
-            discard(temporary)
-            raise
+            st = os.fstat(source)
+            _copy_hashing(source, target.fd, st.st_size, lambda _: None, threading.Event())
+            target.commit(executable=bool(st.st_mode & 0o100))
+        finally:
+            os.close(source)
+            target.discard()
 
 
-def _copy_hashing(reader: BinaryIO, writer: BinaryIO, progress: ProgressCallback,
+def _copy_hashing(source: int, target: int, size: int, progress: ProgressCallback,
                   cancel: threading.Event) -> str:
-    """Copy ``reader`` to ``writer`` and return the SHA-256 of what was copied."""
+    """Copy ``size`` bytes from the start of ``source`` into ``target``; their SHA-256."""
     digest = hashlib.sha256()
-    while chunk := reader.read(CHUNK):
+    offset = 0
+    while offset < size:
         if cancel.is_set():
             raise Interrupted("stopped before the transfer finished")
-        writer.write(chunk)
+        chunk = os.pread(source, min(CHUNK, size - offset), offset)
+        if not chunk:
+            raise FileChanged("the file shrank while it was being copied")
+        view = memoryview(chunk)
+        at = offset
+        while view:
+            count = os.pwrite(target, view, at)
+            view, at = view[count:], at + count
         digest.update(chunk)
+        offset += len(chunk)
         progress(len(chunk))
     return digest.hexdigest()

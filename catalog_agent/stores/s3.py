@@ -1,79 +1,85 @@
-"""The S3 store: one request per small object, s3transfer's parallel multipart for large ones.
+"""The S3 store: one request per small object, parallel multipart and ranged GETs for large ones.
 
-Single objects, listings and manifests go through :mod:`.s3_http` (signed urllib3 requests, a
-quarter of botocore's CPU per request); the botocore client is made only when something needs
-it (multipart, HEAD, server-side copy), so a plain get never loads botocore's S3 model.
+Objects, listings and manifests go through :mod:`.s3_http` (signed urllib3 requests, a quarter
+of botocore's CPU per request); a botocore client is made only for server-side copies (sync),
+so a get or put never loads botocore's S3 model.
+
+What is sent is what was hashed: a put reads each file once (:func:`catalog_agent.hashing.
+digest_file`) and every PUT and every part carries the SHA-256 of its bytes, which the server
+verifies; the object's ``x-amz-meta-sha256`` and the manifest record the whole file's hash.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import math
 import os
 import threading
 import time
-from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from catalog_agent.aws import RetryCounter, s3_client, translate
 from catalog_agent.config import Config
-from catalog_agent.errors import IntegrityError, Interrupted, TransferError
-from catalog_agent.hashing import sha256_file
-from catalog_agent.local import open_regular
+from catalog_agent.errors import AgentError, IntegrityError, Interrupted, TransferError
+from catalog_agent.hashing import Digest
+from catalog_agent.local import Incoming, OpenedFile
 from catalog_agent.stores.base import Fetched, ProgressCallback, StoredObject
-from catalog_agent.stores.s3_http import FileSlice, S3Http
+from catalog_agent.stores.s3_http import FileSlice, Payload, S3Http, finish
 
 SHA_META = "sha256"  # x-amz-meta-sha256
 MODE_META = "mode"  # x-amz-meta-mode: "755" for executables
-MULTIPART_THRESHOLD = 16 * 1024 * 1024
-PART_SIZE = 8 * 1024 * 1024
 READ_CHUNK = 256 * 1024
-PART_WORKERS = 16  # part requests of one large object at once (each holds a part in memory)
+PART_WORKERS = 16  # part requests at once, across all large objects
 MAX_COPY_OBJECT = 5 * 1024 ** 3
+# S3's limits (and s3transfer's rule for staying within them).
+MIN_PART_SIZE = 5 * 1024 ** 2
+MAX_PART_SIZE = 5 * 1024 ** 3
+MAX_PARTS = 10_000
+MAX_OBJECT_SIZE = 5 * 1024 ** 4
+DEFAULT_THRESHOLD = 16 * 1024 ** 2
+DEFAULT_PART_SIZE = 8 * 1024 ** 2
+
+
+def part_size_for(size: int, preferred: int = DEFAULT_PART_SIZE) -> int:
+    """The part size of a multipart upload of ``size`` bytes: ``preferred``, doubled until no
+    more than 10,000 parts are needed (s3transfer's rule), within S3's 5 MiB .. 5 GiB."""
+    part = min(max(preferred, MIN_PART_SIZE), MAX_PART_SIZE)
+    while math.ceil(size / part) > MAX_PARTS and part < MAX_PART_SIZE:
+        part = min(part * 2, MAX_PART_SIZE)
+    return part
+
+
+def part_ranges(size: int, part: int) -> list[tuple[int, int]]:
+    """(start, end) of each part, in order."""
+    return [(start, min(start + part, size)) for start in range(0, size, part)] or [(0, 0)]
 
 
 class S3Store:
-    def __init__(self, client: Any, bucket: str, *, concurrency: int, attempts: int,
-                 extra_args: dict[str, str], make_client: Callable[[], Any] | None = None,
-                 http: S3Http | None = None) -> None:
-        """``client``: a botocore client, or None with ``make_client`` to make it on first use.
+    max_object_size = MAX_OBJECT_SIZE
 
-        ``http``: the lean path for single objects and listings; without it, botocore does all.
-        """
-        self._client = client
+    def __init__(self, http: S3Http, bucket: str, *, attempts: int, extra_args: dict[str, str],
+                 make_client: Callable[[], Any], threshold: int = DEFAULT_THRESHOLD,
+                 part_size: int = DEFAULT_PART_SIZE) -> None:
+        """``http``: the lean path for objects and listings; ``make_client``: a botocore client
+        for server-side copies, made on first use (loading its model costs 0.3 s)."""
+        self.http = http
+        self._client: Any = None
         self._make_client = make_client
         self._client_lock = threading.Lock()
-        self.http = http
         self.bucket = bucket
         self.location = f"s3://{bucket}"
-        self.concurrency = concurrency
         self.attempts = attempts
         self.extra_args = extra_args
+        self.threshold = threshold
+        self.preferred_part_size = part_size
         self._manager: Any = None
         self._manager_lock = threading.Lock()
         self._part_slots = threading.BoundedSemaphore(PART_WORKERS)
         self.retry_counter = RetryCounter()
-        if client is not None:
-            client.meta.events.register("request-created.s3",
-                                        self.retry_counter.on_request_created)
-
-    @property
-    def client(self) -> Any:
-        """The botocore client, made on first use (loading its model costs 0.3 s)."""
-        with self._client_lock:
-            if self._client is None:
-                assert self._make_client is not None
-                self._client = self._make_client()
-                self._client.meta.events.register("request-created.s3",
-                                                  self.retry_counter.on_request_created)
-            return self._client
-
-    @property
-    def retries(self) -> int:
-        """Requests retried by botocore plus broken downloads restarted here."""
-        return self.retry_counter.count
 
     @classmethod
-    def from_config(cls, config: Config) -> S3Store:
+    def from_config(cls, config: Config, cancel: threading.Event | None = None) -> S3Store:
         extra: dict[str, str] = {}
         if config.server_side_encryption:
             extra["ServerSideEncryption"] = config.server_side_encryption
@@ -88,124 +94,120 @@ class S3Store:
 
             raise translate(NoCredentialsError(), f"read s3://{config.s3_bucket}")
         pool_size = config.concurrency + PART_WORKERS + 2
-        store = cls(None, config.s3_bucket, concurrency=config.concurrency,
-                    attempts=config.max_attempts, extra_args=extra,
-                    make_client=lambda: s3_client(config, pool_size=pool_size, session=session))
 
         def keys() -> tuple[str, str, str | None]:
             frozen = credentials.get_frozen_credentials()
             return frozen.access_key, frozen.secret_key, frozen.token
 
-        store.http = S3Http(endpoint=_endpoint(config), region=config.region,
-                            bucket=config.s3_bucket, addressing_style=config.addressing_style,
-                            credentials=keys, pool_size=pool_size, attempts=config.max_attempts,
-                            verify=config.ca_bundle or config.verify_tls,
-                            on_retry=store.retry_counter.add)
+        counter = RetryCounter()
+        http = S3Http(endpoint=_endpoint(config), region=config.region, bucket=config.s3_bucket,
+                      addressing_style=config.addressing_style, credentials=keys,
+                      pool_size=pool_size, attempts=config.max_attempts,
+                      verify=config.ca_bundle or config.verify_tls, on_retry=counter.add,
+                      retry_mode=config.retry_mode, stop=cancel)
+        store = cls(http, config.s3_bucket, attempts=config.max_attempts, extra_args=extra,
+                    make_client=lambda: s3_client(config, pool_size=pool_size, session=session),
+                    threshold=config.multipart_threshold, part_size=config.multipart_chunksize)
+        store.retry_counter = counter
         return store
 
     @property
+    def client(self) -> Any:
+        """The botocore client (server-side copies only), made on first use."""
+        with self._client_lock:
+            if self._client is None:
+                self._client = self._make_client()
+                self._client.meta.events.register("request-created.s3",
+                                                  self.retry_counter.on_request_created)
+            return self._client
+
+    @property
+    def retries(self) -> int:
+        """Requests sent again after a transient failure, and broken downloads restarted."""
+        return self.retry_counter.count
+
+    @property
     def manager(self) -> Any:
-        """s3transfer's manager, created only when a large object needs it."""
+        """s3transfer's manager, for multipart copies of objects over 5 GiB only."""
         with self._manager_lock:
             if self._manager is None:
                 from s3transfer.manager import TransferConfig, TransferManager
 
-                config = TransferConfig(multipart_threshold=MULTIPART_THRESHOLD,
-                                        multipart_chunksize=PART_SIZE,
-                                        max_request_concurrency=PART_WORKERS,
-                                        max_io_queue_size=64)
+                config = TransferConfig(multipart_threshold=self.threshold,
+                                        multipart_chunksize=self.preferred_part_size,
+                                        max_request_concurrency=PART_WORKERS)
                 self._manager = TransferManager(self.client, config)
             return self._manager
 
     def close(self) -> None:
         if self._manager is not None:
             self._manager.shutdown()
-        if self.http is not None:
-            self.http.close()
+        self.http.close()
 
     def _headers(self, metadata: dict[str, str]) -> dict[str, str]:
-        """Request headers of the lean path: object metadata and server-side encryption."""
+        """Request headers: object metadata and server-side encryption."""
         headers = {f"x-amz-meta-{k}": v for k, v in metadata.items()}
         for arg, header in _SSE_HEADERS.items():
             if arg in self.extra_args:
                 headers[header] = self.extra_args[arg]
         return headers
 
+    def part_size(self, size: int) -> int | None:
+        """The part size for an object of ``size`` bytes, or None when one PUT sends it."""
+        return part_size_for(size, self.preferred_part_size) if size >= self.threshold else None
+
     # --- listing and small documents ---
 
     def list(self, prefix: str) -> Iterator[StoredObject]:
         try:
-            if self.http is not None:
-                for key, size, modified in self.http.list(prefix):
-                    yield StoredObject(key, size, modified=modified)
-                return
-            paginator = self.client.get_paginator("list_objects_v2")
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
-                for item in page.get("Contents", []):
-                    yield StoredObject(item["Key"], int(item["Size"]),
-                                       modified=item["LastModified"].timestamp())
-        except Exception as exc:  # noqa: BLE001 - every botocore failure becomes an agent error
+            for key, size, modified in self.http.list(prefix):
+                yield StoredObject(key, size, modified=modified)
+        except AgentError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - every failure becomes an agent error
             raise translate(exc, f"list s3://{self.bucket}/{prefix}", bucket=self.bucket) from None
 
     def head(self, key: str) -> StoredObject | None:
         try:
-            response = self.client.head_object(Bucket=self.bucket, Key=key)
+            headers = self.http.head(key)
+        except AgentError:
+            raise
         except Exception as exc:  # noqa: BLE001
-            if _status(exc) == 404:
-                return None
             raise translate(exc, f"read s3://{self.bucket}/{key}", bucket=self.bucket) from None
-        return _stored(key, response)
+        if headers is None:
+            return None
+        return _stored(key, headers, int(headers.get("Content-Length", 0)))
 
     def read_small(self, key: str, limit: int) -> bytes | None:
         try:
             for attempt in range(1, self.attempts + 1):
-                if self.http is not None:
-                    data = self._read_http(key, limit)
-                    if data is None:
-                        if attempt == self.attempts:
-                            raise ConnectionError(f"the body of {key} was cut short")
-                        self.retry_counter.add()
-                        continue
-                    return data
-                response = self.client.get_object(Bucket=self.bucket, Key=key)
-                if int(response["ContentLength"]) > limit:
-                    response["Body"].close()
-                    raise IntegrityError(f"s3://{self.bucket}/{key} is larger than {limit} bytes")
+                response = self.http.get(key)
                 try:
-                    return response["Body"].read()
-                except _transient_body_errors():  # a broken body: read this document again
-                    if attempt == self.attempts:
-                        raise
-                    self.retry_counter.add()
+                    if int(response.headers.get("Content-Length", 0)) > limit:
+                        raise IntegrityError(f"s3://{self.bucket}/{key} is larger than {limit} "
+                                             f"bytes")
+                    try:
+                        return response.read(decode_content=False)
+                    except _transient_body_errors():  # a broken body: read this one again
+                        if attempt == self.attempts:
+                            raise
+                        self.retry_counter.add()
+                finally:
+                    finish(response)
             raise AssertionError("unreachable")
-        except IntegrityError:
+        except AgentError:
             raise
         except Exception as exc:  # noqa: BLE001
             if _status(exc) == 404:
                 return None
             raise translate(exc, f"read s3://{self.bucket}/{key}", bucket=self.bucket) from None
 
-    def _read_http(self, key: str, limit: int) -> bytes | None:
-        """A whole small object by the lean path; None when its body was cut short."""
-        response = self.http.get(key)  # type: ignore[union-attr]
-        try:
-            if int(response.headers.get("Content-Length", 0)) > limit:
-                raise IntegrityError(f"s3://{self.bucket}/{key} is larger than {limit} bytes")
-            try:
-                return response.read(decode_content=False)
-            except _transient_body_errors():
-                return None
-        finally:
-            response.release_conn()
-
     def write_small(self, key: str, data: bytes) -> None:
         try:
-            if self.http is not None:
-                headers = {"Content-Type": "application/json", **self._headers({})}
-                self.http.put(key, lambda: data, len(data), headers)
-                return
-            self.client.put_object(Bucket=self.bucket, Key=key, Body=data,
-                                   ContentType="application/json", **self.extra_args)
+            headers = {"Content-Type": "application/json", **self._headers({})}
+            self.http.put(key, Payload.of(data), headers)
+        except AgentError:
+            raise
         except Exception as exc:  # noqa: BLE001
             raise translate(exc, f"write s3://{self.bucket}/{key}", bucket=self.bucket) from None
 
@@ -218,19 +220,12 @@ class S3Store:
         """
         aborted = 0
         try:
-            if self.http is not None:  # no botocore client (0.3 s) for a put of small files
-                for key, upload_id in list(self.http.uploads(prefix)):
-                    if key in keys:
-                        self.http.abort(key, upload_id)
-                        aborted += 1
-                return aborted
-            paginator = self.client.get_paginator("list_multipart_uploads")
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
-                for upload in page.get("Uploads", []):
-                    if upload.get("Key") in keys:
-                        self.client.abort_multipart_upload(Bucket=self.bucket, Key=upload["Key"],
-                                                           UploadId=upload["UploadId"])
-                        aborted += 1
+            for key, upload_id in list(self.http.uploads(prefix)):
+                if key in keys:
+                    self.http.abort(key, upload_id)
+                    aborted += 1
+        except Interrupted:
+            raise
         except Exception as exc:  # noqa: BLE001 - clean-up is best effort, never the put's failure
             from catalog_agent.logs import get_logger
 
@@ -241,104 +236,90 @@ class S3Store:
 
     # --- data ---
 
-    def upload(self, source: Path, key: str, *, size: int, sha256: str, executable: bool,
+    def upload(self, opened: OpenedFile, digest: Digest, key: str, *, executable: bool,
                progress: ProgressCallback, cancel: threading.Event) -> None:
-        metadata = {SHA_META: sha256}
+        """Store the bytes ``digest`` was computed from, each request carrying their checksum.
+
+        Before a retry the file is checked unchanged: a file written meanwhile is a
+        FileChanged (exit 6), not a transient failure.
+        """
+        metadata = {SHA_META: digest.sha256}
         if executable:
             metadata[MODE_META] = "755"
-        what = f"upload {source} to s3://{self.bucket}/{key}"
+        headers = self._headers(metadata)
         try:
-            if size < MULTIPART_THRESHOLD and self.http is not None:
-                headers = self._headers(metadata)
-                self.http.put(key, lambda: os.fdopen(open_regular(source), "rb"), size, headers)
-                progress(size)
-            elif self.http is not None:
-                self._put_large(source, key, size, self._headers(metadata), progress, cancel)
-            elif size < MULTIPART_THRESHOLD:
-                fd = open_regular(source)
-                with os.fdopen(fd, "rb") as body:
-                    self.client.put_object(Bucket=self.bucket, Key=key, Body=body,
-                                           ContentLength=size, Metadata=metadata,
-                                           **self.extra_args)
-                progress(size)
+            if digest.part_size is None:
+                if digest.data is not None:
+                    payload = Payload(digest.size, data=digest.data, sha256=digest.sha256)
+                else:
+                    payload = Payload(digest.size, sha256=digest.sha256, reader=lambda: FileSlice(
+                        opened.fd, 0, digest.size, cancel))
+                self.http.put(key, payload, headers, check=opened.check_unchanged)
+                progress(digest.size)
             else:
-                extra = {"Metadata": metadata, **self.extra_args}
-                future = self.manager.upload(str(source), self.bucket, key, extra_args=extra,
-                                             subscribers=[_Progress(progress)])
-                _wait(future, cancel)
-        except (IntegrityError, Interrupted):
+                self._put_large(opened, digest, key, headers, progress, cancel)
+        except AgentError:
             raise
         except Exception as exc:  # noqa: BLE001
-            raise translate(exc, what, bucket=self.bucket) from None
+            raise translate(exc, f"upload {opened.relative} to s3://{self.bucket}/{key}",
+                            bucket=self.bucket) from None
 
-    def _put_large(self, source: Path, key: str, size: int, headers: dict[str, str],
+    def _put_large(self, opened: OpenedFile, digest: Digest, key: str, headers: dict[str, str],
                    progress: ProgressCallback, cancel: threading.Event) -> None:
-        """Parallel multipart upload, each part sent straight from the file (none in memory).
-
-        Any failure or a cancel aborts the upload, so no orphaned parts are left to pay for.
-        """
+        """Parallel multipart upload, each part sent straight from the file (none in memory)
+        with its own SHA-256; any failure or a cancel aborts the upload (no orphaned parts)."""
+        assert digest.part_size is not None
         http = self.http
-        assert http is not None
-        fd = open_regular(source)
+        parts = part_ranges(digest.size, digest.part_size)
+        checksums = [base64.b64encode(d).decode("ascii") for d in digest.part_sha256]
+        if len(parts) != len(checksums):
+            raise IntegrityError(f"{opened.relative}: {len(checksums)} part hashes for "
+                                 f"{len(parts)} parts")
+        upload_id = http.create_upload(key, headers)
+        etags = [""] * len(parts)
+
+        def send(index: int) -> None:
+            start, end = parts[index]
+            payload = Payload(end - start, sha256=digest.part_sha256[index].hex(),
+                              reader=lambda: FileSlice(opened.fd, start, end, cancel))
+            with self._part_slots:
+                etags[index] = http.upload_part(key, upload_id, index + 1, payload,
+                                                check=opened.check_unchanged)
+            progress(end - start)
+
         try:
-            upload_id = http.create_upload(key, headers)
-            parts = [(start, min(start + PART_SIZE, size)) for start in range(0, size, PART_SIZE)]
-            etags = [""] * len(parts)
-
-            def send(index: int) -> None:
-                start, end = parts[index]
-                with self._part_slots:
-                    response = http.put(key, lambda: FileSlice(fd, start, end, cancel, _stopped),
-                                        end - start, {},
-                                        operation="UploadPart",
-                                        query={"partNumber": str(index + 1),
-                                               "uploadId": upload_id})
-                etags[index] = response.headers.get("ETag", "")
-                progress(end - start)
-
-            try:
-                _parallel(len(parts), send, cancel)
-                http.complete_upload(key, upload_id, etags)
-            except BaseException:
-                self._abort_upload(key, upload_id)
-                raise
-        finally:
-            os.close(fd)
+            _parallel(len(parts), send, cancel)
+            http.complete_upload(key, upload_id, list(zip(etags, checksums)))
+        except BaseException:
+            self._abort_upload(key, upload_id)
+            raise
 
     def _abort_upload(self, key: str, upload_id: str) -> None:
         """Abort, then look again: a part cut off mid-send may land after the first abort."""
         http = self.http
-        assert http is not None
         for wait in (0.0, 0.5, 2.0):
             time.sleep(wait)
             try:
                 http.abort(key, upload_id)
-                if not any(k == key and u == upload_id for k, u in http.uploads(key)):
+                if not any(k == key and u == upload_id
+                           for k, u in http.uploads(key, cleanup=True)):
                     return
             except Exception:  # noqa: BLE001 - the transfer's own failure is the one to report
                 return
 
-    def download(self, key: str, target: Path, *, size: int, progress: ProgressCallback,
+    def download(self, key: str, target: Incoming, *, size: int, progress: ProgressCallback,
                  cancel: threading.Event) -> Fetched:
         what = f"download s3://{self.bucket}/{key}"
         try:
-            if size < MULTIPART_THRESHOLD:
+            if size < self.threshold:
                 return self._get_small(key, target, progress, cancel)
-            if self.http is not None:
-                return self._get_large(key, target, size, progress, cancel)
-            head = self.head(key)
-            if head is None:
-                raise TransferError(f"{what} failed: the object disappeared")
-            future = self.manager.download(self.bucket, key, str(target),
-                                           subscribers=[_Progress(progress, size)])
-            _wait(future, cancel)
-            return Fetched(sha256_file(target), head.sha256, head.executable)
-        except (IntegrityError, Interrupted, TransferError):
+            return self._get_large(key, target, size, progress, cancel)
+        except AgentError:
             raise
         except Exception as exc:  # noqa: BLE001
             raise translate(exc, what, bucket=self.bucket) from None
 
-    def _get_small(self, key: str, target: Path, progress: ProgressCallback,
+    def _get_small(self, key: str, target: Incoming, progress: ProgressCallback,
                    cancel: threading.Event) -> Fetched:
         """GET and stream to ``target`` while hashing; a broken body retries this object only."""
         transient = _transient_body_errors()
@@ -347,38 +328,27 @@ class S3Store:
                 raise Interrupted("stopped before the transfer finished")
             digest = hashlib.sha256()
             moved = 0
-            if self.http is not None:
-                response = self.http.get(key)
-                chunks = response.stream(READ_CHUNK, decode_content=False)
-                release = response.release_conn
-                headers = response.headers
-                metadata = {k[len("x-amz-meta-"):]: v for k, v in headers.items()
-                            if k.lower().startswith("x-amz-meta-")}
-                stored = _stored(key, {"ContentLength": headers.get("Content-Length", 0),
-                                       "Metadata": {k.lower(): v for k, v in metadata.items()}})
-            else:
-                reply = self.client.get_object(Bucket=self.bucket, Key=key)
-                chunks = reply["Body"].iter_chunks(READ_CHUNK)
-                release = reply["Body"].close
-                stored = _stored(key, reply)
+            response = self.http.get(key)
+            stored = _stored(key, response.headers, int(response.headers.get(
+                "Content-Length", 0)))
             try:
-                with open(target, "wb") as out:
-                    for chunk in chunks:
-                        out.write(chunk)
-                        digest.update(chunk)
-                        moved += len(chunk)
+                os.ftruncate(target.fd, 0)
+                for chunk in response.stream(READ_CHUNK, decode_content=False):
+                    _pwrite_all(target.fd, chunk, moved)
+                    digest.update(chunk)
+                    moved += len(chunk)
             except transient:
                 if attempt == self.attempts:
                     raise
                 self.retry_counter.add()
                 continue
             finally:
-                release()
+                finish(response)
             progress(moved)
             return Fetched(digest.hexdigest(), stored.sha256, stored.executable)
         raise AssertionError("unreachable")
 
-    def _get_large(self, key: str, target: Path, size: int, progress: ProgressCallback,
+    def _get_large(self, key: str, target: Incoming, size: int, progress: ProgressCallback,
                    cancel: threading.Event) -> Fetched:
         """Parallel ranged GETs written in place, hashed in order while the rest still arrive.
 
@@ -388,54 +358,50 @@ class S3Store:
         ready with the last part rather than costing a second pass (about 0.9 s per GiB here).
         Part requests across all files share PART_WORKERS slots: memory stays flat.
         """
-        parts = [(start, min(start + PART_SIZE, size)) for start in range(0, size, PART_SIZE)]
+        parts = part_ranges(size, part_size_for(size, self.preferred_part_size))
         done = [False] * len(parts)
         failure: list[BaseException] = []
         changed = threading.Condition()
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0),
-                     0o600)
-        try:
-            first = self._get_part(key, fd, parts[0], size, {}, cancel)
-            progress(parts[0][1])
-            done[0] = True
-            etag, stored = first
-            condition = {"If-Match": etag} if etag else {}
-            following = iter(range(1, len(parts)))
-            lock = threading.Lock()
+        fd = target.fd
+        first = self._get_part(key, fd, parts[0], size, {}, cancel)
+        progress(parts[0][1])
+        done[0] = True
+        etag, stored = first
+        condition = {"If-Match": etag} if etag else {}
+        following = iter(range(1, len(parts)))
+        lock = threading.Lock()
 
-            def worker() -> None:
-                while not failure:
-                    with lock:
-                        index = next(following, None)
-                    if index is None:
-                        return
-                    try:
-                        self._get_part(key, fd, parts[index], size, condition, cancel)
-                    except BaseException as exc:  # noqa: BLE001 - handed to the hashing loop
-                        with changed:
-                            failure.append(exc)
-                            changed.notify_all()
-                        return
-                    progress(parts[index][1] - parts[index][0])
+        def worker() -> None:
+            while not failure:
+                with lock:
+                    index = next(following, None)
+                if index is None:
+                    return
+                try:
+                    self._get_part(key, fd, parts[index], size, condition, cancel)
+                except BaseException as exc:  # noqa: BLE001 - handed to the hashing loop
                     with changed:
-                        done[index] = True
+                        failure.append(exc)
                         changed.notify_all()
+                    return
+                progress(parts[index][1] - parts[index][0])
+                with changed:
+                    done[index] = True
+                    changed.notify_all()
 
-            threads = [threading.Thread(target=worker, daemon=True)
-                       for _ in range(min(PART_WORKERS, len(parts) - 1))]
-            for thread in threads:
-                thread.start()
-            try:
-                digest = self._hash_in_order(target, parts, done, failure, changed, cancel)
-            finally:
-                if not all(done):
-                    with changed:
-                        failure.append(Interrupted("stopped before the transfer finished"))
-                for thread in threads:
-                    thread.join()
-            return Fetched(digest, stored.sha256, stored.executable)
+        threads = [threading.Thread(target=worker, daemon=True)
+                   for _ in range(min(PART_WORKERS, len(parts) - 1))]
+        for thread in threads:
+            thread.start()
+        try:
+            digest = _hash_in_order(fd, parts, done, failure, changed, cancel)
         finally:
-            os.close(fd)
+            if not all(done):
+                with changed:
+                    failure.append(Interrupted("stopped before the transfer finished"))
+            for thread in threads:
+                thread.join()
+        return Fetched(digest, stored.sha256, stored.executable)
 
     def _get_part(self, key: str, fd: int, part: tuple[int, int], size: int,
                   condition: dict[str, str], cancel: threading.Event) -> tuple[str, StoredObject]:
@@ -446,8 +412,8 @@ class S3Store:
             if cancel.is_set():
                 raise Interrupted("stopped before the transfer finished")
             with self._part_slots:
-                response = self.http.get(  # type: ignore[union-attr]
-                    key, {"Range": f"bytes={start}-{end - 1}", **condition})
+                response = self.http.get(key, {"Range": f"bytes={start}-{end - 1}",
+                                               **condition})
                 try:
                     total = response.headers.get("Content-Range", "").rpartition("/")[2]
                     if total != str(size):
@@ -457,7 +423,7 @@ class S3Store:
                     for chunk in response.stream(READ_CHUNK, decode_content=False):
                         if cancel.is_set():
                             raise Interrupted("stopped before the transfer finished")
-                        os.pwrite(fd, chunk, offset)
+                        _pwrite_all(fd, chunk, offset)
                         offset += len(chunk)
                     if offset != end:
                         raise ConnectionError(f"part {start}-{end} ended at {offset}")
@@ -467,37 +433,9 @@ class S3Store:
                     self.retry_counter.add()
                     continue
                 finally:
-                    response.release_conn()
-            headers = response.headers
-            metadata = {k.lower()[len("x-amz-meta-"):]: v for k, v in headers.items()
-                        if k.lower().startswith("x-amz-meta-")}
-            return headers.get("ETag", ""), _stored(key, {"ContentLength": size,
-                                                          "Metadata": metadata})
+                    finish(response)
+            return response.headers.get("ETag", ""), _stored(key, response.headers, size)
         raise AssertionError("unreachable")
-
-    @staticmethod
-    def _hash_in_order(target: Path, parts: list[tuple[int, int]], done: list[bool],
-                       failure: list[BaseException], changed: threading.Condition,
-                       cancel: threading.Event) -> str:
-        digest = hashlib.sha256()
-        with open(target, "rb", buffering=0) as source:
-            for index, (start, end) in enumerate(parts):
-                with changed:
-                    while not done[index] and not failure:
-                        if cancel.is_set():
-                            raise Interrupted("stopped before the transfer finished")
-                        changed.wait(0.1)
-                    if failure:
-                        raise failure[0]
-                source.seek(start)
-                left = end - start
-                while left:
-                    block = source.read(min(left, 1024 * 1024))
-                    if not block:
-                        raise TransferError(f"{target} shrank while being written")
-                    digest.update(block)
-                    left -= len(block)
-        return digest.hexdigest()
 
     def copy(self, source_key: str, target_key: str, *, size: int) -> None:
         source = {"Bucket": self.bucket, "Key": source_key}
@@ -513,22 +451,45 @@ class S3Store:
                             bucket=self.bucket) from None
 
 
-def _transient_body_errors() -> tuple[type[BaseException], ...]:
-    """Errors of a response body cut short: botocore does not retry those, the store does."""
-    from botocore.exceptions import (ConnectionClosedError, IncompleteReadError,
-                                     ReadTimeoutError, ResponseStreamingError)
-    from urllib3.exceptions import ProtocolError
+def _hash_in_order(fd: int, parts: list[tuple[int, int]], done: list[bool],
+                   failure: list[BaseException], changed: threading.Condition,
+                   cancel: threading.Event) -> str:
+    digest = hashlib.sha256()
+    for index, (start, end) in enumerate(parts):
+        with changed:
+            while not done[index] and not failure:
+                if cancel.is_set():
+                    raise Interrupted("stopped before the transfer finished")
+                changed.wait(0.1)
+            if failure:
+                raise failure[0]
+        offset = start
+        while offset < end:
+            block = os.pread(fd, min(end - offset, 1024 * 1024), offset)
+            if not block:
+                raise TransferError("the file being written shrank")
+            digest.update(block)
+            offset += len(block)
+    return digest.hexdigest()
 
-    return (ConnectionClosedError, IncompleteReadError, ReadTimeoutError,
-            ResponseStreamingError, ProtocolError, ConnectionError)
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view = view[written:]
+        offset += written
+
+
+def _transient_body_errors() -> tuple[type[BaseException], ...]:
+    """Errors of a response body cut short: the store reads that object or part again."""
+    from urllib3.exceptions import ProtocolError, ReadTimeoutError
+
+    return (ProtocolError, ReadTimeoutError, ConnectionError)
 
 
 _SSE_HEADERS = {"ServerSideEncryption": "x-amz-server-side-encryption",
                 "SSEKMSKeyId": "x-amz-server-side-encryption-aws-kms-key-id"}
-
-
-def _stopped() -> Interrupted:
-    return Interrupted("stopped before the transfer finished")
 
 
 def _parallel(count: int, work: Callable[[int], None], cancel: threading.Event) -> None:
@@ -570,12 +531,18 @@ def _endpoint(config: Config) -> str:
     return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or ""
 
 
-def _stored(key: str, response: dict[str, Any]) -> StoredObject:
-    metadata = response.get("Metadata") or {}
-    sha = metadata.get(SHA_META)
-    return StoredObject(key, int(response.get("ContentLength", 0)),
+def _stored(key: str, headers: Any, size: int) -> StoredObject:
+    """The object's own record (hash and mode) from its x-amz-meta-* headers."""
+    sha = mode = None
+    for name, value in headers.items():
+        lower = name.lower()
+        if lower == "x-amz-meta-" + SHA_META:
+            sha = value
+        elif lower == "x-amz-meta-" + MODE_META:
+            mode = value
+    return StoredObject(key, size,
                         sha256=sha.lower() if isinstance(sha, str) and len(sha) == 64 else None,
-                        executable=metadata.get(MODE_META) == "755")
+                        executable=mode == "755")
 
 
 def _status(exc: BaseException) -> int | None:
@@ -586,36 +553,3 @@ def _status(exc: BaseException) -> int | None:
             return 404
         return response.get("ResponseMetadata", {}).get("HTTPStatusCode")
     return None
-
-
-def _wait(future: Any, cancel: threading.Event) -> None:
-    """Wait for an s3transfer future, cancelling it (and aborting its multipart) on request."""
-    while True:
-        if cancel.wait(0.05):
-            future.cancel()
-            try:
-                future.result()
-            except Exception:  # noqa: BLE001 - the cancellation itself is what we report
-                pass
-            raise Interrupted("stopped before the transfer finished")
-        if future.done():
-            future.result()
-            return
-
-
-class _Progress:
-    """s3transfer subscriber that forwards byte counts and provides a known size (no HEAD)."""
-
-    def __init__(self, callback: ProgressCallback, size: int | None = None) -> None:
-        self.callback = callback
-        self.size = size
-
-    def on_queued(self, future: Any, **_: Any) -> None:
-        if self.size is not None:
-            future.meta.provide_transfer_size(self.size)
-
-    def on_progress(self, bytes_transferred: int, **_: Any) -> None:
-        self.callback(bytes_transferred)
-
-    def on_done(self, **_: Any) -> None:
-        pass

@@ -1,37 +1,42 @@
-"""Lean S3 requests for the data path: SigV4-signed GET, PUT and LIST over one urllib3 pool.
+"""Lean S3 requests for the data path: SigV4-signed requests over one urllib3 pool.
 
 Why not botocore here: it spends about 2.5 ms of CPU per request (model-driven serialising,
 event hooks, response parsing), and with the GIL that caps the agent near 400 small objects a
 second whatever the concurrency; signing by hand costs about 0.6 ms (bench/, README
 "Performance"). It also spares a get the 0.3 s of loading botocore's S3 model at start-up.
-Multipart uploads, HEAD and server-side copies stay with botocore (:mod:`.s3`).
+Server-side copies stay with botocore (:mod:`.s3`).
+
+On the wire it does what botocore does (tests/test_sigv4.py, tests/test_wire.py): the same
+signature (:mod:`.sigv4`), the same retries, back-off and retry budget (:mod:`.retries`), a
+200 response carrying ``<Error>`` from CompleteMultipartUpload retried, connections whose body
+was not read to the end closed rather than reused. Uploads carry the SHA-256 of their bytes
+twice, as the signed payload hash and as ``x-amz-checksum-sha256``, so the server refuses
+(BadDigest) any byte that differs from what was hashed.
 
 Failures are raised as botocore's own ``ClientError`` (built from the XML error body), so that
-:func:`catalog_agent.aws.translate` maps them exactly as it maps botocore's. Retries follow
-botocore's standard mode: connection errors, 5xx, throttling; exponential back-off with jitter.
+:func:`catalog_agent.aws.translate` maps them exactly as it maps botocore's.
 """
 
 from __future__ import annotations
 
+import base64
 import datetime
-import hashlib
-import hmac
 import os
-import random
 import re
 import threading
 import time
-from typing import Any, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Mapping
 from urllib.parse import quote, unquote_plus, urlsplit
 
 import urllib3
 
-UNSIGNED = "UNSIGNED-PAYLOAD"
-RETRY_STATUS = {500, 502, 503, 504, 429}
-RETRY_CODES = {"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable",
-               "Throttling", "ThrottlingException", "RequestTimeTooSkewed"}
-MAX_BACKOFF = 20.0
+from catalog_agent.errors import FileChanged, Interrupted, TransferError
+from catalog_agent.stores import sigv4
+from catalog_agent.stores.retries import SKEW, RetryPolicy
+
 SEND_BLOCK = 256 * 1024  # bytes per send() of a file body (http.client's 8 KiB costs CPU)
+ERROR_BODY_LIMIT = 64 * 1024
 _CODE = re.compile(rb"<Code>([^<]*)</Code>")
 _MESSAGE = re.compile(rb"<Message>([^<]*)</Message>")
 _NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
@@ -40,12 +45,45 @@ _NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 CredentialSource = Callable[[], tuple[str, str, "str | None"]]
 
 
+@dataclass(frozen=True)
+class Payload:
+    """A request body: bytes, or a factory of a fresh file-like object for each attempt.
+
+    ``sha256``: the hex SHA-256 of exactly these bytes when known (signed, and sent as the
+    checksum the server verifies); None sends ``UNSIGNED-PAYLOAD`` and no checksum.
+    """
+
+    length: int
+    data: bytes | None = None
+    reader: Callable[[], Any] | None = None
+    sha256: str | None = None
+    checksum: bool = True  # also send x-amz-checksum-sha256 (an object's or a part's bytes)
+
+    @classmethod
+    def of(cls, data: bytes, *, checksum: bool = True) -> Payload:
+        import hashlib
+
+        return cls(len(data), data=data, sha256=hashlib.sha256(data).hexdigest(),
+                   checksum=checksum)
+
+    def body(self) -> Any:
+        return self.data if self.reader is None else self.reader()
+
+    def headers(self) -> dict[str, str]:
+        headers = {"Content-Length": str(self.length)}
+        if self.sha256 and self.checksum:
+            headers["x-amz-checksum-sha256"] = base64.b64encode(
+                bytes.fromhex(self.sha256)).decode("ascii")
+        return headers
+
+
 class S3Http:
     """Signed requests to one bucket; thread-safe, one connection pool sized to the workers."""
 
     def __init__(self, *, endpoint: str, region: str, bucket: str, addressing_style: str,
                  credentials: CredentialSource, pool_size: int, attempts: int,
-                 verify: bool | str, on_retry: Callable[[], None]) -> None:
+                 verify: bool | str, on_retry: Callable[[], None], retry_mode: str = "standard",
+                 stop: threading.Event | None = None) -> None:
         if not endpoint:
             endpoint = (f"https://s3.{region}.amazonaws.com.cn" if region.startswith("cn-")
                         else f"https://s3.{region}.amazonaws.com")
@@ -55,19 +93,22 @@ class S3Http:
             # virtual is asked for, as botocore resolves "auto" for such endpoints.
             virtual = addressing_style == "virtual"
         parts = urlsplit(endpoint.rstrip("/"))
-        scheme, netloc, base = parts.scheme or "https", parts.netloc, parts.path
+        scheme, base = parts.scheme or "https", parts.path
+        address = sigv4.host_header(f"{scheme}://{parts.netloc}")  # no user:password@
         if virtual:
-            netloc = f"{bucket}.{netloc}"
+            address = f"{bucket}.{address}"
             self._prefix = base
         else:
             self._prefix = f"{base}/{quote(bucket, safe='')}"
-        self.host = netloc
+        self.host = address
+        self.origin = f"{scheme}://{address}"
         self.region = region
         self.attempts = max(1, attempts)
+        self.policy = RetryPolicy(mode=retry_mode, max_attempts=self.attempts, stop=stop)
+        self.signer = sigv4.Signer(region)
         self._credentials = credentials
         self._on_retry = on_retry
-        self._keys: dict[tuple[str, str], bytes] = {}
-        self._keys_lock = threading.Lock()
+        self.skew_logged = False
         options: dict[str, Any] = {"maxsize": pool_size, "block": False, "retries": False,
                                    "blocksize": SEND_BLOCK,
                                    "timeout": urllib3.Timeout(connect=10, read=60)}
@@ -77,24 +118,36 @@ class S3Http:
             else:
                 options["cert_reqs"] = "CERT_REQUIRED"
                 options["ca_certs"] = verify if isinstance(verify, str) else _ca_bundle()
-        self.pool = urllib3.connection_from_url(f"{scheme}://{netloc}", **options)
+        self.pool = urllib3.connection_from_url(self.origin, **options)
 
-    # --- operations ---
+    # --- objects ---
 
     def get(self, key: str, headers: dict[str, str] | None = None) -> urllib3.HTTPResponse:
-        """GET an object (or a Range of it); the caller streams and must ``release_conn()``."""
+        """GET an object (or a Range of it); the caller streams it, then calls :func:`finish`."""
         return self.request("GET", key, operation="GetObject", headers=headers)
 
-    def put(self, key: str, body: Callable[[], Any], length: int, headers: dict[str, str],
-            operation: str = "PutObject",
-            query: dict[str, str] | None = None) -> urllib3.HTTPResponse:
-        """PUT from ``body()`` (called again for each attempt: a fresh file or bytes)."""
-        return self.request("PUT", key, body=body, length=length, headers=headers,
-                            operation=operation, preload=True, query=query)
+    def head(self, key: str) -> Mapping[str, str] | None:
+        """The headers of an object, or None when there is none."""
+        try:
+            response = self.request("HEAD", key, operation="HeadObject", preload=True)
+        except Exception as exc:  # noqa: BLE001 - a 404 is an answer, not a failure
+            status = getattr(exc, "response", {}).get("ResponseMetadata", {}).get(
+                "HTTPStatusCode")
+            if status == 404:
+                return None
+            raise
+        return response.headers
+
+    def put(self, key: str, payload: Payload, headers: dict[str, str], *,
+            check: Callable[[], None] | None = None) -> urllib3.HTTPResponse:
+        """PutObject; ``check`` runs before each retry (e.g. that the file is unchanged)."""
+        return self.request("PUT", key, payload=payload, headers=headers,
+                            operation="PutObject", preload=True, check=check)
 
     def create_upload(self, key: str, headers: dict[str, str]) -> str:
-        """CreateMultipartUpload; its upload id."""
-        response = self.request("POST", key, query={"uploads": ""}, headers=headers,
+        """CreateMultipartUpload whose parts carry SHA-256 checksums; its upload id."""
+        response = self.request("POST", key, query={"uploads": ""},
+                                headers={**headers, "x-amz-checksum-algorithm": "SHA256"},
                                 operation="CreateMultipartUpload", preload=True)
         found = re.search(rb"<UploadId>([^<]+)</UploadId>", response.data)
         if not found:
@@ -102,25 +155,43 @@ class S3Http:
                                 "CreateMultipartUpload")
         return found.group(1).decode()
 
-    def complete_upload(self, key: str, upload_id: str, etags: list[str]) -> None:
-        """CompleteMultipartUpload; S3 may report a failure inside a 200 response."""
-        xml = "".join(f"<Part><PartNumber>{n}</PartNumber><ETag>{etag}</ETag></Part>"
-                      .replace('"', "&quot;") for n, etag in enumerate(etags, 1))
+    def upload_part(self, key: str, upload_id: str, number: int, payload: Payload, *,
+                    check: Callable[[], None] | None = None) -> str:
+        """UploadPart; its ETag."""
+        response = self.request("PUT", key, payload=payload, operation="UploadPart",
+                                query={"partNumber": str(number), "uploadId": upload_id},
+                                preload=True, check=check)
+        return response.headers.get("ETag", "")
+
+    def complete_upload(self, key: str, upload_id: str,
+                        parts: list[tuple[str, str | None]]) -> None:
+        """CompleteMultipartUpload of (ETag, base64 SHA-256 or None) per part, in order.
+
+        S3 may report a failure inside a 200 response: that is retried like a 500. (Its body is
+        signed but carries no x-amz-checksum-sha256: on this request that header would mean
+        the whole object's checksum.)
+        """
+        xml = "".join(
+            f"<Part><PartNumber>{n}</PartNumber><ETag>{_xml(etag)}</ETag>"
+            + (f"<ChecksumSHA256>{checksum}</ChecksumSHA256>" if checksum else "") + "</Part>"
+            for n, (etag, checksum) in enumerate(parts, 1))
         body = f"<CompleteMultipartUpload>{xml}</CompleteMultipartUpload>".encode()
-        response = self.request("POST", key, query={"uploadId": upload_id}, body=lambda: body,
-                                length=len(body), operation="CompleteMultipartUpload",
-                                preload=True)
-        if b"<Error>" in response.data:
-            code = _CODE.search(response.data)
-            raise _client_error(response, response.data,
-                                code.group(1).decode() if code else "InternalError",
-                                "CompleteMultipartUpload")
+        self.request("POST", key, query={"uploadId": upload_id}, payload=Payload.of(body, checksum=False),
+                     operation="CompleteMultipartUpload", preload=True, error_in_200=True)
+
+    def abort(self, key: str, upload_id: str) -> None:
+        """AbortMultipartUpload: clean-up, so it is sent even after SIGTERM."""
+        self.request("DELETE", key, query={"uploadId": upload_id},
+                     operation="AbortMultipartUpload", preload=True, cleanup=True)
+
+    # --- listings ---
 
     def list(self, prefix: str) -> Iterator[tuple[str, int, float]]:
         """(key, size, modified) of every object under ``prefix``, 1,000 per request."""
         from xml.etree import ElementTree
 
         token = ""
+        seen: set[str] = set()
         while True:
             query = {"list-type": "2", "prefix": prefix, "encoding-type": "url"}
             if token:
@@ -136,16 +207,18 @@ class S3Http:
             token = root.findtext(f"{_NS}NextContinuationToken", "") or ""
             if root.findtext(f"{_NS}IsTruncated", "false") != "true" or not token:
                 return
+            _refuse_repeat(token, seen, f"{self.origin}{self._prefix}/ (prefix {prefix!r})")
 
-    def uploads(self, prefix: str) -> Iterator[tuple[str, str]]:
+    def uploads(self, prefix: str, *, cleanup: bool = False) -> Iterator[tuple[str, str]]:
         """(key, upload id) of every unfinished multipart upload under ``prefix``."""
         from xml.etree import ElementTree
 
         markers: dict[str, str] = {}
+        seen: set[str] = set()
         while True:
             query = {"uploads": "", "prefix": prefix, "encoding-type": "url", **markers}
             response = self.request("GET", "", query=query, operation="ListMultipartUploads",
-                                    preload=True)
+                                    preload=True, cleanup=cleanup)
             root = ElementTree.fromstring(response.data)
             decode = _decoder(root)
             for item in root.iter(f"{_NS}Upload"):
@@ -155,125 +228,163 @@ class S3Http:
             upload_marker = root.findtext(f"{_NS}NextUploadIdMarker", "") or ""
             if root.findtext(f"{_NS}IsTruncated", "false") != "true" or not key_marker:
                 return
-            markers = {"key-marker": decode(key_marker),
-                       "upload-id-marker": upload_marker}
-
-    def abort(self, key: str, upload_id: str) -> None:
-        self.request("DELETE", key, query={"uploadId": upload_id},
-                     operation="AbortMultipartUpload", preload=True)
+            _refuse_repeat(f"{key_marker}\0{upload_marker}", seen,
+                           f"multipart uploads of {self.origin}{self._prefix}/")
+            markers = {"key-marker": decode(key_marker), "upload-id-marker": upload_marker}
 
     # --- the request ---
 
-    def request(self, method: str, key: str, *, operation: str, query: dict[str, str] | None = None,
-                headers: dict[str, str] | None = None, body: Callable[[], Any] | None = None,
-                length: int | None = None, preload: bool = False) -> urllib3.HTTPResponse:
-        """One signed request with botocore-like retries; a final failure is a ClientError."""
-        path = self._prefix + ("/" + quote(key, safe="/~") if key else "/")
-        canonical_query = "&".join(f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}"
-                                   for k, v in sorted((query or {}).items()))
+    def request(self, method: str, key: str, *, operation: str,
+                query: dict[str, str] | None = None, headers: dict[str, str] | None = None,
+                payload: Payload | None = None, preload: bool = False,
+                error_in_200: bool = False, check: Callable[[], None] | None = None,
+                cleanup: bool = False) -> urllib3.HTTPResponse:
+        """One signed request with botocore-like retries; a final failure is a ClientError.
+
+        ``cleanup``: a request that undoes a stopped transfer (abort): SIGTERM does not stop it.
+        """
+        path = sigv4.object_path(self._prefix, key)
+        canonical_query = sigv4.canonical_query(query)
         url = path + ("?" + canonical_query if canonical_query else "")
-        for attempt in range(1, self.attempts + 1):
-            signed = self._sign(method, path, canonical_query, headers or {})
-            if length is not None:
-                signed["Content-Length"] = str(length)
-            payload = body() if body is not None else None
+        extra = dict(headers or {})
+        if payload is not None:
+            extra.update(payload.headers())
+            payload_sha256 = payload.sha256 or sigv4.UNSIGNED_PAYLOAD
+        else:
+            payload_sha256 = sigv4.EMPTY_SHA256
+        policy = self.policy
+        cost: int | None = None
+        attempt = 0
+        while True:
+            attempt += 1
+            if policy.stop.is_set() and not cleanup:
+                raise Interrupted("stopped before the transfer finished")
+            policy.before_send()
+            now = datetime.datetime.fromtimestamp(policy.now(), datetime.timezone.utc)
+            signed = self.signer.sign(method=method, host=self.host, path=path,
+                                      query=canonical_query, headers=extra,
+                                      payload_sha256=payload_sha256,
+                                      credentials=self._credentials(), now=now)
+            body = payload.body() if payload is not None else None
+            failure: Exception
+            retry_after = None
             try:
-                response = self.pool.urlopen(method, url, body=payload, headers=signed,
+                response = self.pool.urlopen(method, url, body=body, headers=signed,
                                              preload_content=preload, decode_content=False,
                                              redirect=False, assert_same_host=False,
                                              release_conn=preload)
             except (urllib3.exceptions.HTTPError, OSError) as exc:
-                if attempt == self.attempts:
-                    raise _connection_error(exc, url) from None
-                self._backoff(attempt)
-                continue
+                kind: str | None = policy.classify(None, "")
+                failure = _connection_error(exc, self.origin + url)
+                policy.after_response(throttled=False)
+            else:
+                status, data = response.status, b""
+                if status < 300 and error_in_200:
+                    data = response.data
+                    if b"<Error>" in data:
+                        status = 500  # as botocore: S3 failed after it had answered 200
+                if status < 300:
+                    policy.after_response(throttled=False)
+                    policy.succeeded(cost)
+                    return response
+                if not data:
+                    data = response.data if preload else _read_error(response)
+                code_match = _CODE.search(data)
+                code = code_match.group(1).decode("utf-8", "replace") if code_match \
+                    else str(status)
+                kind = policy.classify(status, code)
+                policy.after_response(throttled=kind == "throttling")
+                retry_after = response.headers.get("x-amz-retry-after")
+                failure = _client_error(response, data, code, operation, status=status)
+                if kind == SKEW:
+                    offset = policy.correct_skew(response.headers.get("Date"))
+                    if offset is None:
+                        failure = _client_error(response, data, code, operation, status=status,
+                                                note=f"the local clock is {-policy.skew:+.0f} s "
+                                                     f"off the server's after correction")
+                        kind = None
+                    else:
+                        self._log_skew(offset)
             finally:
-                if payload is not None and hasattr(payload, "close"):
-                    payload.close()
-            if response.status < 300:
-                return response
-            data = response.data if preload else _drain(response)
-            code = _CODE.search(data)
-            code_text = code.group(1).decode() if code else str(response.status)
-            if attempt < self.attempts and (response.status in RETRY_STATUS
-                                            or code_text in RETRY_CODES):
-                self._backoff(attempt)
-                continue
-            raise _client_error(response, data, code_text, operation)
-        raise AssertionError("unreachable")
+                if body is not None and hasattr(body, "close"):
+                    body.close()
+            if kind is None or attempt >= self.attempts:
+                raise failure
+            cost = policy.acquire(kind)
+            if cost is None:
+                raise _with_note(failure, "retry budget exhausted: too many failures in this "
+                                          "command")
+            if check is not None:
+                check()
+            self._on_retry()
+            delay = 0.0 if kind == SKEW else policy.delay(attempt, kind, retry_after)
+            if cleanup:
+                time.sleep(min(delay, 1.0))
+            else:
+                policy.wait(delay)
 
-    def _backoff(self, attempt: int) -> None:
-        """botocore's standard mode: a random wait of up to 1, 2, 4 ... 20 s after attempt n."""
-        self._on_retry()
-        time.sleep(random.uniform(0, min(MAX_BACKOFF, 2.0 ** (attempt - 1))))
+    def _log_skew(self, offset: float) -> None:
+        if self.skew_logged:
+            return
+        self.skew_logged = True
+        from catalog_agent.logs import get_logger
 
-    def _sign(self, method: str, path: str, canonical_query: str,
-              extra: dict[str, str]) -> dict[str, str]:
-        access, secret, token = self._credentials()
-        now = datetime.datetime.now(datetime.timezone.utc)
-        stamp = now.strftime("%Y%m%dT%H%M%SZ")
-        day = stamp[:8]
-        headers = {"host": self.host, "x-amz-content-sha256": UNSIGNED, "x-amz-date": stamp}
-        if token:
-            headers["x-amz-security-token"] = token
-        for name, value in extra.items():
-            headers[name.lower()] = " ".join(str(value).split())
-        names = sorted(headers)
-        signed_names = ";".join(names)
-        canonical = "\n".join([method, path, canonical_query,
-                               "".join(f"{n}:{headers[n]}\n" for n in names), signed_names,
-                               UNSIGNED])
-        scope = f"{day}/{self.region}/s3/aws4_request"
-        to_sign = "\n".join(["AWS4-HMAC-SHA256", stamp, scope,
-                             hashlib.sha256(canonical.encode("utf-8")).hexdigest()])
-        signature = hmac.new(self._signing_key(secret, day), to_sign.encode("utf-8"),
-                             hashlib.sha256).hexdigest()
-        headers["Authorization"] = (f"AWS4-HMAC-SHA256 Credential={access}/{scope}, "
-                                    f"SignedHeaders={signed_names}, Signature={signature}")
-        headers["Host"] = headers.pop("host")
-        return headers
-
-    def _signing_key(self, secret: str, day: str) -> bytes:
-        with self._keys_lock:
-            key = self._keys.get((secret, day))
-            if key is None:
-                key = hmac.new(("AWS4" + secret).encode("utf-8"), day.encode("utf-8"),
-                               hashlib.sha256).digest()
-                for part in (self.region, "s3", "aws4_request"):
-                    key = hmac.new(key, part.encode("utf-8"), hashlib.sha256).digest()
-                self._keys = {(secret, day): key}  # one day's key, replaced at midnight
-            return key
+        get_logger().warning("clock skew corrected", offset_seconds=round(offset, 1),
+                             reason=f"the server's clock is {offset:+.0f} s from this "
+                                    f"machine's; requests are signed with the server's time")
 
     def close(self) -> None:
         self.pool.close()
+
+
+def finish(response: urllib3.HTTPResponse) -> None:
+    """Hand a streamed response's connection back: to the pool only when its body was read to
+    the end; otherwise closed, since its unread bytes would be read as the next answer."""
+    if not response.isclosed():
+        response.close()
+    response.release_conn()
 
 
 class FileSlice:
     """Bytes ``start``..``end`` of an open file, read with pread: a part sent without a copy.
 
     ``stop``: checked before each block, so that SIGTERM aborts a part mid-send (the request
-    fails with ``stopped``, its connection is dropped) instead of waiting for 8 MiB to go.
+    fails with Interrupted, its connection is dropped) instead of waiting for 8 MiB to go. A
+    file that shrank is a :class:`FileChanged` (not an OSError, which would be retried).
     """
 
-    def __init__(self, fd: int, start: int, end: int, stop: threading.Event | None = None,
-                 stopped: Callable[[], BaseException] | None = None) -> None:
+    def __init__(self, fd: int, start: int, end: int,
+                 stop: threading.Event | None = None) -> None:
         self.fd, self.offset, self.end = fd, start, end
-        self.stop, self.stopped = stop, stopped
+        self.stop = stop
 
     def read(self, amount: int = -1) -> bytes:
-        if self.stop is not None and self.stop.is_set() and self.stopped is not None:
-            raise self.stopped()
+        if self.stop is not None and self.stop.is_set():
+            raise Interrupted("stopped before the transfer finished")
         left = self.end - self.offset
         if amount is None or amount < 0 or amount > left:
             amount = left
         data = os.pread(self.fd, amount, self.offset) if amount else b""
         if amount and not data:
-            raise OSError(f"the file ended {left} bytes early: it shrank while being read")
+            raise FileChanged(f"the file ended {left} bytes early: it shrank while being sent")
         self.offset += len(data)
         return data
 
     def close(self) -> None:
         pass
+
+
+def _refuse_repeat(marker: str, seen: set[str], what: str) -> None:
+    """A listing whose next page marker comes round again would loop for ever."""
+    if marker in seen:
+        raise TransferError(f"listing {what} failed: the server repeated a continuation "
+                            f"token, so the listing would never end")
+    seen.add(marker)
+
+
+def _xml(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace(
+        '"', "&quot;")
 
 
 def _decoder(root: Any) -> Callable[[str], str]:
@@ -304,28 +415,44 @@ def _timestamp(text: str) -> float:
     return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
-def _drain(response: urllib3.HTTPResponse) -> bytes:
+def _read_error(response: urllib3.HTTPResponse) -> bytes:
+    """The start of an error body; the connection is closed unless the body was all read."""
     try:
-        return response.read(64 * 1024) or b""
+        return response.read(ERROR_BODY_LIMIT, decode_content=False) or b""
+    except (urllib3.exceptions.HTTPError, OSError):
+        return b""
     finally:
-        response.release_conn()
+        finish(response)
 
 
-def _client_error(response: urllib3.HTTPResponse, data: bytes, code: str,
-                  operation: str) -> Exception:
+def _client_error(response: urllib3.HTTPResponse, data: bytes, code: str, operation: str, *,
+                  status: int | None = None, note: str = "") -> Exception:
     """botocore's ClientError, shaped as botocore would have raised it."""
     from botocore.exceptions import ClientError
 
     message = _MESSAGE.search(data)
-    error = {"Code": code, "Message": message.group(1).decode("utf-8", "replace")
-             if message else ""}
+    text = message.group(1).decode("utf-8", "replace") if message else ""
+    error = {"Code": code, "Message": f"{text} ({note})" if note else text}
     region = response.headers.get("x-amz-bucket-region")
     if region:
         error["Region"] = region
     return ClientError({"Error": error,
-                        "ResponseMetadata": {"HTTPStatusCode": response.status,
+                        "ResponseMetadata": {"HTTPStatusCode": status or response.status,
                                              "HTTPHeaders": dict(response.headers)}},
                        operation)
+
+
+def _with_note(failure: Exception, note: str) -> Exception:
+    """The same failure, its message saying why it was not retried."""
+    response = getattr(failure, "response", None)
+    if isinstance(response, dict):
+        error = response.setdefault("Error", {})
+        error["Message"] = f"{error.get('Message', '')} ({note})".strip()
+        return failure
+    from botocore import exceptions as bx
+
+    return bx.ConnectionClosedError(endpoint_url=str(getattr(failure, "kwargs", {}).get(
+        "endpoint_url", "")), error=f"{failure} ({note})")
 
 
 def _connection_error(exc: BaseException, url: str) -> Exception:
