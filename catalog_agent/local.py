@@ -22,7 +22,7 @@ import os
 import secrets
 import stat
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Generator, Iterator
 
 from catalog_agent.errors import FileChanged, IntegrityError, TransferError
 from catalog_agent.patterns import RESERVED
@@ -273,8 +273,8 @@ class Folder:
         return checked
 
     def walk(self, under: str = "") -> Iterator[tuple[str, os.stat_result]]:
-        """(relative path, lstat) of every non-folder entry below ``under`` ('' for all), depth
-        first, sorted by name; nothing when ``under`` is missing or not a folder."""
+        """(relative path, lstat) of every non-folder entry below ``under`` ('' for all): each
+        folder's files by name, then its subfolders by name; nothing when ``under`` is missing."""
         if not under:
             yield from self._walk("", os.dup(self.fd))
             return
@@ -285,33 +285,50 @@ class Folder:
         yield from self._walk(under.rstrip("/") + "/", start)
 
     def _walk(self, prefix: str, start_fd: int) -> Iterator[tuple[str, os.stat_result]]:
-        stack: list[tuple[str, int]] = [(prefix, start_fd)]
+        """Depth first, holding one descriptor per level (never one per pending folder)."""
+        frames: list[tuple[str, int, Iterator[tuple[str, str, os.stat_result]]]] = []
         try:
-            while stack:
-                prefix, dir_fd = stack.pop()
-                try:
-                    listed = sorted(os.scandir(dir_fd), key=lambda e: e.name, reverse=True)
-                    for item in listed:
-                        relative = prefix + item.name
-                        if not prefix and item.name == RESERVED and self.hide_reserved:
-                            continue
-                        try:
-                            st = os.stat(item.name, dir_fd=dir_fd, follow_symlinks=False)
-                        except FileNotFoundError:  # removed while we looked: not part of it
-                            continue
-                        if stat.S_ISDIR(st.st_mode):
-                            stack.append((relative + "/", self._open_child(dir_fd, item.name,
-                                                                           relative, st)))
-                        else:
-                            yield relative, st
-                except PermissionError as exc:
-                    raise TransferError(f"cannot read {self.shown}/{prefix or '.'}: "
-                                        f"{exc.strerror}") from None
-                finally:
-                    os.close(dir_fd)
+            frames.append((prefix, start_fd, iter(())))
+            folders = yield from self._list(prefix, start_fd)
+            frames[-1] = (prefix, start_fd, iter(folders))
+            while frames:
+                _, dir_fd, pending = frames[-1]
+                following = next(pending, None)
+                if following is None:
+                    os.close(frames.pop()[1])
+                    continue
+                name, relative, st = following
+                child = self._open_child(dir_fd, name, relative, st)
+                frames.append((relative + "/", child, iter(())))
+                folders = yield from self._list(relative + "/", child)
+                frames[-1] = (relative + "/", child, iter(folders))
         finally:
-            for _, dir_fd in stack:
+            for _, dir_fd, _ in frames:
                 os.close(dir_fd)
+
+    def _list(self, prefix: str, dir_fd: int
+              ) -> Generator[tuple[str, os.stat_result], None,
+                             list[tuple[str, str, os.stat_result]]]:
+        """Yield the folder's non-folder entries by name; return its subfolders by name."""
+        folders = []
+        try:
+            names = sorted(item.name for item in os.scandir(dir_fd))
+        except PermissionError as exc:
+            raise TransferError(f"cannot read {self.shown}/{prefix or '.'}: "
+                                f"{exc.strerror}") from None
+        for name in names:
+            relative = prefix + name
+            if not prefix and name == RESERVED and self.hide_reserved:
+                continue
+            try:
+                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            except FileNotFoundError:  # removed while we looked: not part of it
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                folders.append((name, relative, st))
+            else:
+                yield relative, st
+        return folders
 
     def _open_child(self, dir_fd: int, name: str, relative: str, seen: os.stat_result) -> int:
         try:

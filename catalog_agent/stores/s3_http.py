@@ -90,8 +90,9 @@ class S3Http:
             virtual = addressing_style != "path" and _dns_compatible(bucket)
         else:
             # Custom endpoints (S3-compatible stores, IPs, VPC endpoints): path style unless
-            # virtual is asked for, as botocore resolves "auto" for such endpoints.
-            virtual = addressing_style == "virtual"
+            # virtual is asked for, as botocore resolves "auto" for such endpoints; an IP
+            # address cannot carry the bucket as a subdomain (botocore's rules use path then).
+            virtual = addressing_style == "virtual" and not _is_ip(urlsplit(endpoint).hostname)
         parts = urlsplit(endpoint.rstrip("/"))
         scheme, base = parts.scheme or "https", parts.path
         address = sigv4.host_header(f"{scheme}://{parts.netloc}")  # no user:password@
@@ -393,6 +394,16 @@ def _decoder(root: Any) -> Callable[[str], str]:
     if (root.findtext(f"{_NS}EncodingType", "") or "").lower() == "url":
         return unquote_plus
     return lambda text: text
+
+
+def _is_ip(host: str | None) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(host or "")
+    except ValueError:
+        return False
+    return True
 
 
 def _dns_compatible(bucket: str) -> bool:
