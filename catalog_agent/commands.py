@@ -75,8 +75,12 @@ def put(config: Config, given: tuple[str, ...], *, record: str | None,
         _stop_if(cancel)
         store = open_store(config, cancel)
         try:
-            items = plan.plan_put(files, config.run_prefix,
-                                  max_object_size=store.max_object_size)
+            items, unstorable = plan.plan_put(files, config.run_prefix,
+                                              max_object_size=store.max_object_size,
+                                              max_key_bytes=store.max_key_bytes)
+            for item in unstorable:
+                log.warning("skipped", path=item.relative, reason=item.reason)
+            skipped += unstorable
             state = run_state.load(store, config.run_prefix)
             same_size = [e.relative for e in files
                          if e.relative in state.objects and state.objects[e.relative].size == e.size]
@@ -120,7 +124,7 @@ def get(config: Config, given: tuple[str, ...], *, record: str | None,
         state = run_state.load(store, config.run_prefix)
         where = f"{store.location}/{config.run_prefix}"
         candidates = plan.select_get(state, wanted, allow_missing=config.allow_missing,
-                                     where=where)
+                                     where=where, strict_verify=config.strict_verify)
         folder = _data_folder(config, create=bool(candidates))
         present = folder
 

@@ -101,17 +101,26 @@ def select_put(entries: list[LocalEntry], patterns: list[Pattern], *, allow_miss
     return files, skipped
 
 
-def plan_put(files: list[LocalEntry], run_prefix: str, *,
-             max_object_size: int | None) -> list[PutItem]:
-    """Where each file goes; a file the store cannot hold stops the put before anything is sent."""
-    items = []
+def plan_put(files: list[LocalEntry], run_prefix: str, *, max_object_size: int | None,
+             max_key_bytes: int | None = None) -> tuple[list[PutItem], list[Skipped]]:
+    """Where each file goes, and the files whose key the store cannot hold (skipped, as names
+    that are not keys are); a file too large for the store stops the put before anything is
+    sent."""
+    items, skipped = [], []
     for entry in files:
         if max_object_size is not None and entry.size > max_object_size:
             raise TransferError(f"refusing to put {entry.relative!r}: {entry.size:,} bytes, more "
                                 f"than the {max_object_size:,} bytes an object may hold; "
                                 f"nothing was sent")
-        items.append(PutItem(entry, run_prefix + entry.relative))
-    return items
+        key = run_prefix + entry.relative
+        length = len(key.encode("utf-8"))
+        if max_key_bytes is not None and length > max_key_bytes:
+            skipped.append(Skipped(entry.relative, f"name not storable as a key: the key would "
+                                                   f"be {length} bytes, more than the store's "
+                                                   f"{max_key_bytes}"))
+            continue
+        items.append(PutItem(entry, key))
+    return items, skipped
 
 
 def already_stored(item: PutItem, sha256: str, size: int, state: RunState) -> bool:
@@ -122,8 +131,9 @@ def already_stored(item: PutItem, sha256: str, size: int, state: RunState) -> bo
 
 
 def select_get(state: RunState, patterns: list[Pattern], *, allow_missing: bool,
-               where: str) -> list[GetItem]:
-    """What a get fetches; any matched key that could leave the data folder stops it (exit 6)."""
+               where: str, strict_verify: bool = False) -> list[GetItem]:
+    """What a get fetches; any matched key that could leave the data folder stops it (exit 6),
+    and with ``strict_verify`` so does any object with no recorded hash to check it against."""
     chosen = _select(state.objects, patterns, allow_missing=allow_missing, where=where)
     items = []
     for relative in chosen:
@@ -132,8 +142,11 @@ def select_get(state: RunState, patterns: list[Pattern], *, allow_missing: bool,
         if reason:
             raise IntegrityError(f"refusing key {obj.key!r}: {reason}; nothing was written")
         record = state.recorded.get(relative)
-        items.append(GetItem(relative, obj.key, obj.size,
-                             record.sha256 if record else obj.sha256,
+        expected = record.sha256 if record else obj.sha256
+        if expected is None and strict_verify:
+            raise IntegrityError(f"refusing {obj.key!r}: no manifest or metadata records its "
+                                 f"hash, and strict_verify is on; nothing was written")
+        items.append(GetItem(relative, obj.key, obj.size, expected,
                              record.executable if record else obj.executable))
     return items
 

@@ -27,7 +27,8 @@ def entry(rel: str, kind: str = FILE, size: int = 3) -> LocalEntry:
 
 
 def test_put_marks_files_the_catalog_already_holds() -> None:
-    items = plan.plan_put([entry("a"), entry("b"), entry("c")], "p/run/", max_object_size=None)
+    items, _ = plan.plan_put([entry("a"), entry("b"), entry("c")], "p/run/",
+                             max_object_size=None)
     s = state({"a": 3, "b": 3}, recorded={"a": H1, "b": H2})
     assert [(i.key, plan.already_stored(i, H1, 3, s)) for i in items] == [
         ("p/run/a", True), ("p/run/b", False), ("p/run/c", False)]
@@ -35,7 +36,7 @@ def test_put_marks_files_the_catalog_already_holds() -> None:
 
 
 def test_put_uses_object_metadata_when_no_manifest_records_it() -> None:
-    (item,) = plan.plan_put([entry("a")], "p/run/", max_object_size=None)
+    (item,), _ = plan.plan_put([entry("a")], "p/run/", max_object_size=None)
     assert plan.already_stored(item, H1, 3, state({"a": 3}, meta={"a": H1}))
 
 
@@ -47,7 +48,25 @@ def test_put_refuses_a_file_larger_than_the_store_holds_before_sending_anything(
     with pytest.raises(TransferError, match="'huge'.*nothing was sent"):
         plan.plan_put(files, "p/run/", max_object_size=MAX_OBJECT_SIZE)
     assert len(plan.plan_put([entry("at-limit", size=MAX_OBJECT_SIZE)], "p/run/",
-                             max_object_size=MAX_OBJECT_SIZE)) == 1
+                             max_object_size=MAX_OBJECT_SIZE)[0]) == 1
+
+
+def test_put_skips_a_file_whose_key_the_store_cannot_hold() -> None:
+    long_name = "d/" + "x" * 1100
+    items, skipped = plan.plan_put([entry("fine"), entry(long_name)], "p/run/",
+                                   max_object_size=None, max_key_bytes=1024)
+    assert [i.key for i in items] == ["p/run/fine"]
+    assert skipped[0].relative == long_name and "1108 bytes" in skipped[0].reason
+    assert "more than the store's 1024" in skipped[0].reason
+
+
+def test_strict_verify_refuses_an_object_with_no_recorded_hash() -> None:
+    s = state({"a": 3, "b": 3}, recorded={"a": H1})
+    assert len(plan.select_get(s, parse(["**"]), allow_missing=False, where="w")) == 2
+    with pytest.raises(IntegrityError, match="'p/run/b'.*strict_verify"):
+        plan.select_get(s, parse(["**"]), allow_missing=False, where="w", strict_verify=True)
+    assert len(plan.select_get(s, parse(["a"]), allow_missing=False, where="w",
+                               strict_verify=True)) == 1
 
 
 def test_select_put_skips_links_and_special_files_unless_strict() -> None:

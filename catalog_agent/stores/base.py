@@ -37,6 +37,7 @@ class Fetched:
 class Store(Protocol):
     location: str  # catalog_handler_location, e.g. s3://bucket or /mnt/catalog
     max_object_size: int | None  # the largest object the store can hold (None: no limit)
+    max_key_bytes: int | None  # the longest key, in UTF-8 bytes (None: no limit)
 
     def list(self, prefix: str) -> Iterator[StoredObject]: ...
 

@@ -37,6 +37,7 @@ MIN_PART_SIZE = 5 * 1024 ** 2
 MAX_PART_SIZE = 5 * 1024 ** 3
 MAX_PARTS = 10_000
 MAX_OBJECT_SIZE = 5 * 1024 ** 4
+MAX_KEY_BYTES = 1024
 DEFAULT_THRESHOLD = 16 * 1024 ** 2
 DEFAULT_PART_SIZE = 8 * 1024 ** 2
 
@@ -57,6 +58,7 @@ def part_ranges(size: int, part: int) -> list[tuple[int, int]]:
 
 class S3Store:
     max_object_size = MAX_OBJECT_SIZE
+    max_key_bytes = MAX_KEY_BYTES
 
     def __init__(self, http: S3Http, bucket: str, *, attempts: int, extra_args: dict[str, str],
                  make_client: Callable[[], Any], threshold: int = DEFAULT_THRESHOLD,
