@@ -234,7 +234,8 @@ class FaultProxy:
             cut = choice.rule.cut_after if choice.rule.cut_after is not None else size // 2
             cut = max(1, min(cut, size - 1)) if not request.chunked else max(1, cut)
         passed = 0
-        for block in self._counted(_body(rfile, request)):
+        trailers: list[bytes] = []
+        for block in self._counted(_body(rfile, request, trailers)):
             if cut is not None and passed + len(block) >= cut:
                 _send(upstream, block[: cut - passed], request.chunked)
                 self.plan.applied(choice)
@@ -243,7 +244,7 @@ class FaultProxy:
             _send(upstream, block, request.chunked)
             passed += len(block)
         if request.chunked:
-            upstream.send(b"0\r\n\r\n")
+            upstream.send(b"0\r\n" + b"".join(trailers) + b"\r\n")
         if cut is not None:  # a chunked body shorter than the cut: nothing was cut
             self.plan.not_applied(choice)
         return True
@@ -323,14 +324,17 @@ def _read_head(rfile: BinaryIO) -> Request | None:
     return Request(method, target, headers, {k.lower(): v for k, v in headers})
 
 
-def _body(rfile: BinaryIO, request: Request) -> Iterator[bytes]:
-    """The request body in blocks of at most BLOCK bytes, as they arrive (chunks decoded)."""
+def _body(rfile: BinaryIO, request: Request,
+          trailers: list[bytes] | None = None) -> Iterator[bytes]:
+    """The request body in blocks of at most BLOCK bytes, as they arrive (chunks decoded);
+    the trailer lines of a chunked body are appended to ``trailers``."""
     if request.chunked:
         while True:
             size = int(rfile.readline(1024).split(b";")[0].strip(), 16)
             if size == 0:
-                while rfile.readline(65537) not in (b"\r\n", b"\n", b""):  # trailers
-                    pass
+                while (line := rfile.readline(65537)) not in (b"\r\n", b"\n", b""):
+                    if trailers is not None:
+                        trailers.append(line)
                 return
             yield from _exactly(rfile, size)
             rfile.readline(1024)
