@@ -7,15 +7,17 @@ own, and the first error is raised once every worker has stopped.
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, TypeVar
+from typing import Any, Awaitable, Callable, Iterable, Iterator, TypeVar
 
 from catalog_agent import plan
 from catalog_agent.errors import AgentError, IntegrityError, Interrupted, TransferError
-from catalog_agent.hashing import digest_file
+from catalog_agent.hashing import IN_MEMORY, digest_file
 from catalog_agent.local import Folder
 from catalog_agent.logs import get_logger
 from catalog_agent.plan import CopyItem, GetItem, PutItem, Stored
@@ -25,6 +27,7 @@ from catalog_agent.stores.base import Store
 T = TypeVar("T")
 PROGRESS_INTERVAL = 10.0
 SIGNAL_POLL = 0.1  # seconds the main thread sleeps at most, so signal handlers run promptly
+WORKER_THREADS = 8  # blocking work beside the loop: multipart transfers, hashing large files
 
 
 @dataclass
@@ -140,20 +143,89 @@ def run_pool(items: Iterable[T], work: Callable[[T], None], *, concurrency: int,
         raise TransferError(f"{type(first).__name__}: {first}") from first
 
 
+def run_async(items: Iterable[T], work: Callable[[T], Awaitable[None]], *, concurrency: int,
+              cancel: threading.Event, store: Store) -> None:
+    """Run ``work`` on every item, at most ``concurrency`` at once, on one event loop.
+
+    One thread drives every connection (blocking work, such as multipart transfers and hashing
+    large files, goes to worker threads): no GIL handed between dozens of threads. The first
+    failure stops new items; items in flight finish or fail on their own, then the first error
+    is raised. SIGTERM (``cancel``) stops items in flight too.
+    """
+    errors: list[BaseException] = []
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(ThreadPoolExecutor(max_workers=WORKER_THREADS,
+                                                     thread_name_prefix="transfer"))
+        source: Iterator[T] = iter(items)
+
+        async def worker() -> None:
+            while not errors:
+                if cancel.is_set():
+                    errors.append(Interrupted("stopped before the transfer finished"))
+                    return
+                item = next(source, None)
+                if item is None:
+                    return
+                try:
+                    await work(item)
+                except asyncio.CancelledError:
+                    raise
+                except BaseException as exc:  # noqa: BLE001 - reported by the caller
+                    errors.append(exc)
+
+        workers = [asyncio.ensure_future(worker()) for _ in range(max(1, concurrency))]
+        try:
+            pending = set(workers)
+            while pending:
+                _, pending = await asyncio.wait(pending, timeout=SIGNAL_POLL)
+                if cancel.is_set() and pending:
+                    for task in pending:
+                        task.cancel()
+                    await asyncio.gather(*pending, return_exceptions=True)
+                    errors.append(Interrupted("stopped before the transfer finished"))
+                    break
+        finally:
+            for task in workers:
+                task.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+            await store.aclose()
+
+    asyncio.run(main())
+    if errors:
+        first = next((e for e in errors if not isinstance(e, Interrupted)), errors[0])
+        if isinstance(first, AgentError):
+            raise first
+        if isinstance(first, OSError):
+            where = f" ({first.filename})" if first.filename else ""
+            raise TransferError(f"{first.strerror or first}{where}") from None
+        raise TransferError(f"{type(first).__name__}: {first}") from first
+
+
 def _count_partial(exc: AgentError, progress: Progress, result: Result) -> None:
     """What moved before a failure, for the termination message (files, bytes, skipped)."""
     moved = {"files": progress.files, "bytes": progress.bytes, "skipped": result.skipped}
     setattr(exc, "summary", {**getattr(exc, "summary", {}), **moved})
 
 
-def _execute(moving: list[T], size: Callable[[T], int], work: Callable[[T, Progress], None],
-             result: Result, *, concurrency: int, cancel: threading.Event) -> Result:
-    """Run ``work`` over ``moving`` with progress; ``result`` gains what moved, even on failure."""
+def _execute(moving: list[T], size: Callable[[T], int], work: Callable[[T, Progress], Any],
+             result: Result, *, concurrency: int, cancel: threading.Event,
+             store: Store | None = None) -> Result:
+    """Run ``work`` over ``moving`` with progress; ``result`` gains what moved, even on failure.
+
+    With ``store``, ``work`` is a coroutine function run on the event loop (:func:`run_async`);
+    without, a blocking function run on threads (:func:`run_pool`).
+    """
     started = time.monotonic()
     with Progress(len(moving), sum(size(i) for i in moving)) as progress:
         try:
-            run_pool(moving, lambda item: work(item, progress), concurrency=concurrency,
-                     cancel=cancel)
+            if store is not None:
+                run_async(moving, lambda item: work(item, progress), concurrency=concurrency,
+                          cancel=cancel, store=store)
+            else:
+                run_pool(moving, lambda item: work(item, progress), concurrency=concurrency,
+                         cancel=cancel)
         except AgentError as exc:
             _count_partial(exc, progress, result)
             raise
@@ -176,17 +248,23 @@ def put(store: Store, folder: Folder, items: list[PutItem], state: RunState, *,
     result = Result()
     skipped_lock = threading.Lock()
 
-    def upload(indexed: tuple[int, PutItem], progress: Progress) -> None:
+    async def upload(indexed: tuple[int, PutItem], progress: Progress) -> None:
         index, item = indexed
         opened = folder.open_file(item.entry)
         try:
-            digest = digest_file(opened.fd, opened.size, part_size=store.part_size(opened.size),
-                                 cancel=cancel)
+            part_size = store.part_size(opened.size)
+            if opened.size <= IN_MEMORY and part_size is None:
+                digest = digest_file(opened.fd, opened.size, cancel=cancel)
+            else:  # hashlib lets go of the GIL on large blocks: hash beside the loop
+                digest = await asyncio.get_running_loop().run_in_executor(
+                    None, lambda: digest_file(opened.fd, opened.size, part_size=part_size,
+                                              cancel=cancel))
             moved = not plan.already_stored(item, digest.sha256, opened.size, state)
             if moved:
                 try:
-                    store.upload(opened, digest, item.key, executable=item.entry.executable,
-                                 progress=progress.add_bytes, cancel=cancel)
+                    await store.upload_async(opened, digest, item.key,
+                                             executable=item.entry.executable,
+                                             progress=progress.add_bytes, cancel=cancel)
                 except IntegrityError:
                     raise
                 except AgentError as exc:
@@ -205,7 +283,7 @@ def put(store: Store, folder: Folder, items: list[PutItem], state: RunState, *,
                 result.skipped += 1
 
     _execute(list(enumerate(items)), lambda pair: pair[1].size, upload, result,
-             concurrency=concurrency, cancel=cancel)
+             concurrency=concurrency, cancel=cancel, store=store)
     return result, [r for r in recorded if r is not None]
 
 
@@ -216,11 +294,11 @@ def get(store: Store, folder: Folder, items: list[GetItem], *, concurrency: int,
     result = Result(skipped=len(items) - len(moving))
     unverified_lock = threading.Lock()
 
-    def download(item: GetItem, progress: Progress) -> None:
+    async def download(item: GetItem, progress: Progress) -> None:
         target = folder.create(item.relative)
         try:
-            fetched = store.download(item.key, target, size=item.size,
-                                     progress=progress.add_bytes, cancel=cancel)
+            fetched = await store.download_async(item.key, target, size=item.size,
+                                                 progress=progress.add_bytes, cancel=cancel)
             expected = item.expected_sha256 or fetched.stored_sha256
             if expected is not None and fetched.sha256 != expected:
                 raise IntegrityError(f"hash mismatch for {item.key!r}: the catalog recorded "
@@ -235,7 +313,7 @@ def get(store: Store, folder: Folder, items: list[GetItem], *, concurrency: int,
         progress.file_done()
 
     return _execute(moving, lambda i: i.size, download, result, concurrency=concurrency,
-                    cancel=cancel)
+                    cancel=cancel, store=store)
 
 
 def copy(store: Store, items: list[CopyItem], *, concurrency: int,

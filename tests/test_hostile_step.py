@@ -109,15 +109,15 @@ def test_put_never_reads_a_file_swapped_after_it_was_opened(
     from catalog_agent.stores.s3 import S3Store
 
     folder = data_folder(tmp_path)
-    original = S3Store.upload
+    original = S3Store.upload_async
 
-    def swapped_then_uploaded(self, opened, digest, key, **kwargs):  # noqa: ANN001, ANN202
+    async def swapped_then_uploaded(self, opened, digest, key, **kwargs):  # noqa: ANN001, ANN202
         if opened.relative == "a.txt":
             (folder / "a.txt").unlink()
             (folder / "a.txt").symlink_to(secret)
-        return original(self, opened, digest, key, **kwargs)
+        return await original(self, opened, digest, key, **kwargs)
 
-    monkeypatch.setattr(S3Store, "upload", swapped_then_uploaded)
+    monkeypatch.setattr(S3Store, "upload_async", swapped_then_uploaded)
     cfg = load(s3_server, bucket, folder, CATALOG_AGENT_CONCURRENCY="1")
     with pytest.raises(FileChanged, match="a.txt changed while it was being put"):
         run_put(cfg)

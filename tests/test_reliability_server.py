@@ -47,7 +47,12 @@ def restart_server(server: devserver.SeaweedServer, timeout: float = 90) -> None
     deadline = time.monotonic() + timeout
     while True:
         try:
-            client.list_buckets()
+            # Listing answers before the volumes are back: read an object too (the agent's
+            # retries are botocore's standard ones, well under a second for a 5xx).
+            for bucket in client.list_buckets().get("Buckets", []):
+                for item in client.list_objects_v2(Bucket=bucket["Name"], MaxKeys=1).get(
+                        "Contents", []):
+                    client.get_object(Bucket=bucket["Name"], Key=item["Key"])["Body"].read()
             return
         except Exception:  # noqa: BLE001 - not ready yet
             assert server.process.poll() is None, "SeaweedFS did not restart"

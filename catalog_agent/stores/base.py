@@ -58,6 +58,18 @@ class Store(Protocol):
                  cancel: threading.Event) -> Fetched:
         """Write the object into ``target`` (a new temporary file) and hash what was written."""
 
+    async def upload_async(self, opened: OpenedFile, digest: Digest, key: str, *,
+                           executable: bool, progress: ProgressCallback,
+                           cancel: threading.Event) -> None:
+        """:meth:`upload` on the transfer's event loop."""
+
+    async def download_async(self, key: str, target: Incoming, *, size: int,
+                             progress: ProgressCallback, cancel: threading.Event) -> Fetched:
+        """:meth:`download` on the transfer's event loop."""
+
+    async def aclose(self) -> None:
+        """Close what the event loop opened (connections), before the loop ends."""
+
     def copy(self, source_key: str, target_key: str, *, size: int) -> None: ...
 
     def close(self) -> None: ...

@@ -7,6 +7,7 @@ through descriptors, never a symlink; every write goes through a temporary name 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import stat
@@ -118,6 +119,20 @@ class FileSystemStore:
             raise TransferError(f"store {key} in {self.root}: {exc.strerror or exc}") from None
         finally:
             target.discard()
+
+    async def upload_async(self, opened: OpenedFile, digest: Digest, key: str, *,
+                           executable: bool, progress: ProgressCallback,
+                           cancel: threading.Event) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, lambda: self.upload(
+            opened, digest, key, executable=executable, progress=progress, cancel=cancel))
+
+    async def download_async(self, key: str, target: Incoming, *, size: int,
+                             progress: ProgressCallback, cancel: threading.Event) -> Fetched:
+        return await asyncio.get_running_loop().run_in_executor(None, lambda: self.download(
+            key, target, size=size, progress=progress, cancel=cancel))
+
+    async def aclose(self) -> None:
+        pass
 
     def download(self, key: str, target: Incoming, *, size: int, progress: ProgressCallback,
                  cancel: threading.Event) -> Fetched:

@@ -79,6 +79,7 @@ class S3Store:
         self._manager_lock = threading.Lock()
         self._part_slots = threading.BoundedSemaphore(PART_WORKERS)
         self.retry_counter = RetryCounter()
+        self._async: Any = None
 
     @classmethod
     def from_config(cls, config: Config, cancel: threading.Event | None = None) -> S3Store:
@@ -265,6 +266,85 @@ class S3Store:
         except Exception as exc:  # noqa: BLE001
             raise translate(exc, f"upload {opened.relative} to s3://{self.bucket}/{key}",
                             bucket=self.bucket) from None
+
+    # --- data, on the event loop (the many small objects) ---
+
+    async def upload_async(self, opened: OpenedFile, digest: Digest, key: str, *,
+                           executable: bool, progress: ProgressCallback,
+                           cancel: threading.Event) -> None:
+        """As :meth:`upload`; one PUT on the loop, or multipart in a worker thread."""
+        if digest.part_size is not None:
+            await _in_thread(lambda: self.upload(opened, digest, key, executable=executable,
+                                                 progress=progress, cancel=cancel))
+            return
+        metadata = {SHA_META: digest.sha256}
+        if executable:
+            metadata[MODE_META] = "755"
+        payload = Payload(digest.size, data=digest.data, sha256=digest.sha256)
+        try:
+            await self._aio().put(key, payload, self._headers(metadata),
+                                  fd=None if digest.data is not None else opened.fd,
+                                  check=opened.check_unchanged)
+        except AgentError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise translate(exc, f"upload {opened.relative} to s3://{self.bucket}/{key}",
+                            bucket=self.bucket) from None
+        progress(digest.size)
+
+    async def download_async(self, key: str, target: Incoming, *, size: int,
+                             progress: ProgressCallback, cancel: threading.Event) -> Fetched:
+        """As :meth:`download`; one GET on the loop, or ranged parts in a worker thread."""
+        if size >= self.threshold:
+            return await _in_thread(lambda: self.download(key, target, size=size,
+                                                          progress=progress, cancel=cancel))
+        from catalog_agent.stores.s3_async import BodyCut
+
+        aio = self._aio()
+        for attempt in range(1, self.attempts + 1):
+            if cancel.is_set():
+                raise Interrupted("stopped before the transfer finished")
+            digest = hashlib.sha256()
+            written = [0]
+
+            def sink(block: bytes) -> None:
+                _pwrite_all(target.fd, block, written[0])
+                digest.update(block)
+                written[0] += len(block)
+
+            try:
+                os.ftruncate(target.fd, 0)
+                reply = await aio.get(key, sink)
+            except BodyCut:
+                if attempt == self.attempts:
+                    raise translate(ConnectionError(f"the body of {key} was cut short "
+                                                    f"{self.attempts} times"),
+                                    f"download s3://{self.bucket}/{key}",
+                                    bucket=self.bucket) from None
+                self.retry_counter.add()
+                continue
+            except AgentError:
+                raise
+            except Exception as exc:  # noqa: BLE001
+                raise translate(exc, f"download s3://{self.bucket}/{key}",
+                                bucket=self.bucket) from None
+            progress(written[0])
+            stored = _stored(key, reply.headers, written[0])
+            return Fetched(digest.hexdigest(), stored.sha256, stored.executable)
+        raise AssertionError("unreachable")
+
+    def _aio(self) -> Any:
+        """The event loop's client, made on first use inside the running loop."""
+        if self._async is None:
+            from catalog_agent.stores.s3_async import AsyncS3
+
+            self._async = AsyncS3.from_http(self.http)
+        return self._async
+
+    async def aclose(self) -> None:
+        if self._async is not None:
+            await self._async.aclose()
+            self._async = None
 
     def _put_large(self, opened: OpenedFile, digest: Digest, key: str, headers: dict[str, str],
                    progress: ProgressCallback, cancel: threading.Event) -> None:
@@ -473,6 +553,13 @@ def _hash_in_order(fd: int, parts: list[tuple[int, int]], done: list[bool],
             digest.update(block)
             offset += len(block)
     return digest.hexdigest()
+
+
+async def _in_thread(work: Callable[[], Any]) -> Any:
+    """Run blocking ``work`` (a multipart transfer) in the loop's worker threads."""
+    import asyncio
+
+    return await asyncio.get_running_loop().run_in_executor(None, work)
 
 
 def _pwrite_all(fd: int, data: bytes, offset: int) -> None:

@@ -107,6 +107,7 @@ class S3Http:
         self.attempts = max(1, attempts)
         self.policy = RetryPolicy(mode=retry_mode, max_attempts=self.attempts, stop=stop)
         self.signer = sigv4.Signer(region)
+        self.verify = verify
         self._credentials = credentials
         self._on_retry = on_retry
         self.skew_logged = False
@@ -152,8 +153,8 @@ class S3Http:
                                 operation="CreateMultipartUpload", preload=True)
         found = re.search(rb"<UploadId>([^<]+)</UploadId>", response.data)
         if not found:
-            raise _client_error(response, response.data, "MalformedResponse",
-                                "CreateMultipartUpload")
+            raise client_error(response.headers, response.status, response.data,
+                               "MalformedResponse", "CreateMultipartUpload")
         return found.group(1).decode()
 
     def upload_part(self, key: str, upload_id: str, number: int, payload: Payload, *,
@@ -276,7 +277,7 @@ class S3Http:
                                              release_conn=preload)
             except (urllib3.exceptions.HTTPError, OSError) as exc:
                 kind: str | None = policy.classify(None, "")
-                failure = _connection_error(exc, self.origin + url)
+                failure = connection_error(exc, self.origin + url)
                 policy.after_response(throttled=False)
             else:
                 status, data = response.status, b""
@@ -290,19 +291,17 @@ class S3Http:
                     return response
                 if not data:
                     data = response.data if preload else _read_error(response)
-                code_match = _CODE.search(data)
-                code = code_match.group(1).decode("utf-8", "replace") if code_match \
-                    else str(status)
+                code = error_code(status, data)
                 kind = policy.classify(status, code)
                 policy.after_response(throttled=kind == "throttling")
                 retry_after = response.headers.get("x-amz-retry-after")
-                failure = _client_error(response, data, code, operation, status=status)
+                failure = client_error(response.headers, status, data, code, operation)
                 if kind == SKEW:
                     offset = policy.correct_skew(response.headers.get("Date"))
                     if offset is None:
-                        failure = _client_error(response, data, code, operation, status=status,
-                                                note=f"the local clock is {-policy.skew:+.0f} s "
-                                                     f"off the server's after correction")
+                        failure = client_error(response.headers, status, data, code, operation,
+                                               note=f"the local clock is {-policy.skew:+.0f} s "
+                                                    f"off the server's after correction")
                         kind = None
                     else:
                         self._log_skew(offset)
@@ -313,7 +312,7 @@ class S3Http:
                 raise failure
             cost = policy.acquire(kind)
             if cost is None:
-                raise _with_note(failure, "retry budget exhausted: too many failures in this "
+                raise with_note(failure, "retry budget exhausted: too many failures in this "
                                           "command")
             if check is not None:
                 check()
@@ -436,24 +435,30 @@ def _read_error(response: urllib3.HTTPResponse) -> bytes:
         finish(response)
 
 
-def _client_error(response: urllib3.HTTPResponse, data: bytes, code: str, operation: str, *,
-                  status: int | None = None, note: str = "") -> Exception:
+def error_code(status: int, data: bytes) -> str:
+    """The S3 error code of an error body (the status when it has none, e.g. HEAD)."""
+    found = _CODE.search(data)
+    return found.group(1).decode("utf-8", "replace") if found else str(status)
+
+
+def client_error(headers: Mapping[str, str], status: int, data: bytes, code: str,
+                 operation: str, *, note: str = "") -> Exception:
     """botocore's ClientError, shaped as botocore would have raised it."""
     from botocore.exceptions import ClientError
 
     message = _MESSAGE.search(data)
     text = message.group(1).decode("utf-8", "replace") if message else ""
     error = {"Code": code, "Message": f"{text} ({note})" if note else text}
-    region = response.headers.get("x-amz-bucket-region")
+    region = headers.get("x-amz-bucket-region")
     if region:
         error["Region"] = region
     return ClientError({"Error": error,
-                        "ResponseMetadata": {"HTTPStatusCode": status or response.status,
-                                             "HTTPHeaders": dict(response.headers)}},
+                        "ResponseMetadata": {"HTTPStatusCode": status,
+                                             "HTTPHeaders": dict(headers)}},
                        operation)
 
 
-def _with_note(failure: Exception, note: str) -> Exception:
+def with_note(failure: Exception, note: str) -> Exception:
     """The same failure, its message saying why it was not retried."""
     response = getattr(failure, "response", None)
     if isinstance(response, dict):
@@ -466,7 +471,7 @@ def _with_note(failure: Exception, note: str) -> Exception:
         "endpoint_url", "")), error=f"{failure} ({note})")
 
 
-def _connection_error(exc: BaseException, url: str) -> Exception:
+def connection_error(exc: BaseException, url: str) -> Exception:
     """botocore's own connection errors, so that translate() says "failed after retries"."""
     from botocore import exceptions as bx
 
