@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from catalog_agent import tls
 from catalog_agent.aws import RetryCounter, s3_client, translate
 from catalog_agent.config import Config
 from catalog_agent.errors import IntegrityError, Interrupted, TransferError
@@ -99,7 +100,7 @@ class S3Store:
         store.http = S3Http(endpoint=_endpoint(config), region=config.region,
                             bucket=config.s3_bucket, addressing_style=config.addressing_style,
                             credentials=keys, pool_size=pool_size, attempts=config.max_attempts,
-                            verify=config.ca_bundle or config.verify_tls,
+                            verify=tls.verify(config),
                             on_retry=store.retry_counter.add)
         return store
 

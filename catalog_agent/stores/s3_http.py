@@ -26,6 +26,8 @@ from urllib.parse import quote, unquote_plus, urlsplit
 
 import urllib3
 
+from catalog_agent import tls
+
 UNSIGNED = "UNSIGNED-PAYLOAD"
 RETRY_STATUS = {500, 502, 503, 504, 429}
 RETRY_CODES = {"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable",
@@ -76,7 +78,8 @@ class S3Http:
                 options["cert_reqs"] = "CERT_NONE"
             else:
                 options["cert_reqs"] = "CERT_REQUIRED"
-                options["ca_certs"] = verify if isinstance(verify, str) else _ca_bundle()
+                options["ca_certs"] = verify if isinstance(verify, str) else tls.default_bundle()
+        self.origin = tls.origin(f"{scheme}://{netloc}")  # named when a certificate is refused
         self.pool = urllib3.connection_from_url(f"{scheme}://{netloc}", **options)
 
     # --- operations ---
@@ -183,6 +186,9 @@ class S3Http:
                                              redirect=False, assert_same_host=False,
                                              release_conn=preload)
             except (urllib3.exceptions.HTTPError, OSError) as exc:
+                refused = tls.certificate_error(exc, self.origin)
+                if refused is not None:  # refused once, refused every time: no retry
+                    raise refused from None
                 if attempt == self.attempts:
                     raise _connection_error(exc, url) from None
                 self._backoff(attempt)
@@ -286,16 +292,6 @@ def _decoder(root: Any) -> Callable[[str], str]:
 
 def _dns_compatible(bucket: str) -> bool:
     return bool(re.fullmatch(r"[a-z0-9][a-z0-9-]{1,61}[a-z0-9]", bucket))
-
-
-def _ca_bundle() -> str:
-    """The CA bundle botocore would use: AWS_CA_BUNDLE, else certifi's."""
-    bundle = os.environ.get("AWS_CA_BUNDLE")
-    if bundle:
-        return bundle
-    import certifi
-
-    return certifi.where()
 
 
 def _timestamp(text: str) -> float:
