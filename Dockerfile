@@ -23,7 +23,9 @@ RUN python3 -m venv /opt/catalog-agent \
  && /opt/catalog-agent/bin/pip install --quiet --no-deps --require-hashes --only-binary=:all: \
       -r requirements.lock
 # The agent itself, then trimming: botocore and boto3 ship data for every AWS service, the agent
-# calls only S3 and STS (endpoints and partitions, the top-level files, stay). pip and its
+# calls only S3 and STS (endpoints and partitions, the top-level files, stay). botocore's
+# cacert.pem stays too: without certifi (not a locked dependency) it is the CA bundle that https
+# endpoints are checked against when neither ca_bundle nor AWS_CA_BUNDLE is set. pip and its
 # setuptools leave the venv: nothing installs anything at run time. README.md (pyproject's
 # readme) is left out of the context and stood in for by an empty file: the image needs no long
 # description, and README edits then do not change the image.
@@ -37,7 +39,7 @@ RUN : > README.md \
  && find botocore/data -mindepth 1 -maxdepth 1 -type d ! -name s3 ! -name sts -exec rm -rf {} + \
  && find boto3/data -mindepth 1 -maxdepth 1 -type d ! -name s3 -exec rm -rf {} + \
  && test -f botocore/data/endpoints.json.gz -o -f botocore/data/endpoints.json \
- && test -d botocore/data/s3 -a -d botocore/data/sts \
+ && test -d botocore/data/s3 -a -d botocore/data/sts -a -s botocore/cacert.pem \
  && install -D -m 0755 /src/entrypoint /out/usr/local/bin/entrypoint \
  && /opt/catalog-agent/bin/catalog-agent --version
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING, Any
 
+from catalog_agent import tls
 from catalog_agent.errors import AccessError, AgentError, TransferError
 
 if TYPE_CHECKING:
@@ -37,9 +38,9 @@ def s3_client(config: Config, *, pool_size: int, session: Any = None) -> Any:
         tcp_keepalive=True,
         user_agent_extra="catalog-agent",
     )
-    verify: bool | str = config.ca_bundle or config.verify_tls
-    return session.create_client("s3", endpoint_url=config.endpoint_url or None,
-                                 verify=verify, config=boto_config)
+    client = session.create_client("s3", endpoint_url=config.endpoint_url or None,
+                                   verify=tls.verify(config), config=boto_config)
+    return tls.fail_fast(client)
 
 
 class RetryCounter:
@@ -77,6 +78,9 @@ def translate(exc: BaseException, what: str, *, bucket: str = "") -> AgentError:
 
     if isinstance(exc, AgentError):
         return exc
+    refused = tls.certificate_error(exc)
+    if refused is not None:
+        return refused
     if isinstance(exc, (bx.NoCredentialsError, bx.PartialCredentialsError)):
         return AccessError(f"no AWS credentials found while trying to {what}",
                            hint="give the pod an IRSA role, or set use_credentials/aws_profile")

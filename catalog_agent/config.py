@@ -76,8 +76,10 @@ class Config:
     sts_endpoint_url: str = _key("", "STS endpoint URL; default is the regional endpoint.")
     addressing_style: str = _key("auto", "S3 addressing style.", kind="choice",
                                  choices=("auto", "path", "virtual"))
-    verify_tls: bool = _key(True, "Verify the endpoint's TLS certificate.", kind="bool")
-    ca_bundle: str = _key("", "CA bundle file for TLS verification.")
+    verify_tls: bool = _key(True, "Verify the TLS certificates of S3 and STS; false turns "
+                                  "checking off, whatever the CA bundle.", kind="bool")
+    ca_bundle: str = _key("", "CA bundle (PEM file) that S3 and STS certificates are checked "
+                              "against; default AWS_CA_BUNDLE, else botocore's bundle.")
     server_side_encryption: str = _key("", "Server-side encryption of stored objects.",
                                        kind="choice", choices=("", "AES256", "aws:kms"))
     sse_kms_key_id: str = _key("", "KMS key for server-side encryption aws:kms.")

@@ -27,6 +27,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
+from catalog_agent import tls
 from catalog_agent.errors import AccessError, AgentError
 
 if TYPE_CHECKING:
@@ -378,14 +379,14 @@ def _sts_creator(config: Config) -> Callable[..., Any]:
     base = BotoConfig(region_name=config.region, connect_timeout=10, read_timeout=30,
                       retries={"mode": config.retry_mode, "max_attempts": config.max_attempts},
                       user_agent_extra="catalog-agent")
-    verify: bool | str = config.ca_bundle or config.verify_tls
+    verify = tls.verify(config)
 
     def create(service: str, **kwargs: Any) -> Any:
         extra = kwargs.pop("config", None)
         kwargs.pop("region_name", None)
-        return session.create_client(service, region_name=config.region,
-                                     endpoint_url=config.sts_endpoint_url or None, verify=verify,
-                                     config=base.merge(extra) if extra else base, **kwargs)
+        return tls.fail_fast(session.create_client(
+            service, region_name=config.region, endpoint_url=config.sts_endpoint_url or None,
+            verify=verify, config=base.merge(extra) if extra else base, **kwargs))
 
     return create
 
@@ -419,6 +420,9 @@ def sts_error(exc: BaseException, operation: str, config: Config, *, role_arn: s
     role = role_arn or config.role_arn
     if isinstance(exc, AgentError):
         return exc
+    refused = tls.certificate_error(exc)
+    if refused is not None:
+        return refused
     if isinstance(exc, bx.ClientError):
         error = exc.response.get("Error", {})
         code = str(error.get("Code", "")) or "error"

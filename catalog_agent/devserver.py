@@ -65,6 +65,9 @@ class SeaweedServer:
     process: subprocess.Popen[bytes]
     ports: list[int] = field(default_factory=list)
     keep: bool = False
+    # With TLS: the https endpoint (beside the plain one) and the CA bundle that trusts it.
+    https_endpoint: str = ""
+    ca_bundle: str = ""
 
     @property
     def env(self) -> dict[str, str]:
@@ -73,11 +76,15 @@ class SeaweedServer:
                 "CATALOG_AGENT_ENDPOINT_URL": self.endpoint, "AWS_ENDPOINT_URL_S3": self.endpoint,
                 "AWS_REGION": "us-east-1"}
 
-    def client(self) -> Any:
+    def client(self, *, https: bool = False) -> Any:
+        """A boto3 S3 client; ``https``: over TLS, trusting only the server's CA bundle."""
         import boto3
         from botocore.config import Config as BotoConfig
 
-        return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
+        if https and not self.https_endpoint:
+            raise ValueError("this server was started without TLS")
+        return boto3.client("s3", endpoint_url=self.https_endpoint if https else self.endpoint,
+                            region_name="us-east-1", verify=self.ca_bundle if https else None,
                             aws_access_key_id=self.access_key,
                             aws_secret_access_key=self.secret_key,
                             config=BotoConfig(s3={"addressing_style": "path"},
@@ -104,9 +111,23 @@ class SeaweedServer:
         self.stop()
 
 
-def start(folder: Path | None = None, *, keep: bool = False,
-          timeout: float = START_TIMEOUT) -> SeaweedServer:
-    """Start SeaweedFS (master, volume, filer, S3) on loopback and wait until S3 answers."""
+@dataclass(frozen=True)
+class Tls:
+    """Serve S3 over https too: the server's certificate and key, and a CA bundle that trusts
+    it (for the server's own readiness probe and the caller's clients)."""
+
+    cert_file: Path
+    key_file: Path
+    ca_bundle: Path
+
+
+def start(folder: Path | None = None, *, keep: bool = False, timeout: float = START_TIMEOUT,
+          tls: Tls | None = None) -> SeaweedServer:
+    """Start SeaweedFS (master, volume, filer, S3) on loopback and wait until S3 answers.
+
+    ``tls``: SeaweedFS serves S3 over https as well, on a port of its own (``https_endpoint``);
+    the plain ``endpoint`` stays, for set-up and checks that should not depend on TLS.
+    """
     binary = weed_binary()
     folder = Path(folder or tempfile.mkdtemp(prefix="catalog-agent-s3-"))
     data = folder / "data"
@@ -117,7 +138,8 @@ def start(folder: Path | None = None, *, keep: bool = False,
         "name": "admin",
         "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
         "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
-    master, volume, filer, s3 = ports = free_ports(4)
+    ports = free_ports(5 if tls else 4)
+    master, volume, filer, s3 = ports[:4]
     # -logdir: glog's files go to the server's folder, not $TMPDIR (removed with the folder).
     command = [binary, f"-logdir={folder}", "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
                f"-master.port={master}", f"-volume.port={volume}", "-filer",
@@ -125,19 +147,27 @@ def start(folder: Path | None = None, *, keep: bool = False,
                "-master.volumeSizeLimitMB=256", "-volume.max=200",
                # Off: they listen on fixed ports (8181, 9101), so a second server would fail.
                "-s3.port.iceberg=0", "-s3.port.lance=0"]
+    if tls:
+        command += [f"-s3.port.https={ports[4]}", f"-s3.cert.file={tls.cert_file}",
+                    f"-s3.key.file={tls.key_file}"]
     log = open(folder / "weed.log", "wb")
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
                                stdin=subprocess.DEVNULL, start_new_session=True)
     log.close()
     server = SeaweedServer(f"http://127.0.0.1:{s3}", access_key, secret_key, folder, process,
                            ports, keep)
+    if tls:
+        server.https_endpoint = f"https://127.0.0.1:{ports[4]}"
+        server.ca_bundle = str(tls.ca_bundle)
     _wait_ready(server, timeout)
+    if tls:
+        _wait_ready(server, timeout, https=True)
     return server
 
 
-def _wait_ready(server: SeaweedServer, timeout: float) -> None:
+def _wait_ready(server: SeaweedServer, timeout: float, *, https: bool = False) -> None:
     deadline = time.monotonic() + timeout
-    client = server.client()
+    client = server.client(https=https)
     probe = "ready-" + secrets.token_hex(4)
     while True:
         if server.process.poll() is not None:

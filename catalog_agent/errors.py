@@ -20,7 +20,8 @@ EXIT_CODES: dict[int, str] = {
     EXIT_INTERNAL: "unexpected internal error (a bug: please report it)",
     EXIT_USAGE: "usage or configuration error",
     EXIT_NO_MATCH: "a pattern matched nothing",
-    EXIT_ACCESS: "credentials or access (no credentials, AccessDenied, no such bucket)",
+    EXIT_ACCESS: "credentials or access (no credentials, AccessDenied, no such bucket, "
+                 "TLS certificate not trusted)",
     EXIT_TRANSFER: "transfer failed after retries",
     EXIT_INTEGRITY: "integrity or safety violation (hash mismatch, unsafe key or link, a file "
                     "changed while it was put)",
@@ -63,6 +64,12 @@ class AccessError(AgentError):
 
     exit_code = EXIT_ACCESS
     kind = "access"
+
+
+class CertificateError(AccessError):
+    """The endpoint's TLS certificate was refused (unknown CA, wrong host name, expired)."""
+
+    kind = "tls"
 
 
 class TransferError(AgentError):

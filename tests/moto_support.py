@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -50,6 +51,7 @@ class MotoServer:
     endpoint: str
     process: subprocess.Popen[bytes]
     log_path: Path
+    ca_bundle: str = ""  # served over https: the CA bundle that trusts its certificate
 
     def client(self, service: str, *, key: str = SETUP_KEY, secret: str = SETUP_SECRET,
                token: str | None = None, region: str = "us-east-1") -> Any:
@@ -58,15 +60,18 @@ class MotoServer:
 
         return boto3.client(service, endpoint_url=self.endpoint, region_name=region,
                             aws_access_key_id=key, aws_secret_access_key=secret,
-                            aws_session_token=token,
+                            aws_session_token=token, verify=self.ca_bundle or None,
                             config=Config(s3={"addressing_style": "path"},
                                           retries={"mode": "standard", "max_attempts": 2}))
 
     def _post(self, path: str, body: bytes) -> bytes:
         request = urllib.request.Request(self.endpoint + path, data=body, method="POST",
                                          headers={"Content-Type": "text/plain"})
-        with urllib.request.urlopen(request, timeout=10) as response:
+        with urllib.request.urlopen(request, timeout=10, context=self._tls()) as response:
             return response.read()
+
+    def _tls(self) -> ssl.SSLContext | None:
+        return ssl.create_default_context(cafile=self.ca_bundle) if self.ca_bundle else None
 
     @contextmanager
     def enforce_auth(self) -> Iterator[None]:
@@ -88,7 +93,8 @@ class MotoServer:
 
     def issued(self) -> list[dict[str, Any]]:
         """Every STS session moto issued (AssumeRole and web identity), secrets included."""
-        with urllib.request.urlopen(self.endpoint + "/moto-api/data.json", timeout=10) as r:
+        with urllib.request.urlopen(self.endpoint + "/moto-api/data.json", timeout=10,
+                                    context=self._tls()) as r:
             data = json.loads(r.read())
         return list(data.get("sts", {}).get("AssumedRole", []))
 
@@ -114,17 +120,21 @@ class MotoServer:
                 self.process.wait()
 
 
-def start_moto(timeout: float = 60) -> MotoServer:
+def start_moto(timeout: float = 60, *, tls: tuple[Path, Path, Path] | None = None) -> MotoServer:
+    """moto's server on a free loopback port; ``tls``: (certificate, key, CA bundle) to serve
+    https with that certificate instead of http."""
     binary = moto_binary()
     if binary is None:
         raise FileNotFoundError("moto_server not found: pip install 'moto[server]'")
     port = _free_port()
     log_path = Path(tempfile.mkstemp(prefix="moto-", suffix=".log")[1])
+    extra = ["-c", str(tls[0]), "-k", str(tls[1])] if tls else []
     with open(log_path, "wb") as log:
-        process = subprocess.Popen([binary, "-H", "127.0.0.1", "-p", str(port)], stdout=log,
-                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   start_new_session=True)
-    server = MotoServer(f"http://127.0.0.1:{port}", process, log_path)
+        process = subprocess.Popen([binary, "-H", "127.0.0.1", "-p", str(port), *extra],
+                                   stdout=log, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, start_new_session=True)
+    server = MotoServer(f"{'https' if tls else 'http'}://127.0.0.1:{port}", process, log_path,
+                        str(tls[2]) if tls else "")
     deadline = time.monotonic() + timeout
     while True:
         if process.poll() is not None:

@@ -15,6 +15,7 @@ import pytest
 from packaging.requirements import Requirement
 
 from moto_support import moto_server  # noqa: F401 - fixture
+from tls_support import pki, tls_bucket, tls_s3_server  # noqa: F401 - fixtures
 from podman_support import (AGENT_IMAGE, CONTEXT_FILES, CONTEXT_TREES, ROOT, agent_image,  # noqa: F401
                             package_version, podman, run_image)
 
@@ -82,6 +83,8 @@ echo '== pip'; python3 -m pip --version 2>&1
 echo '== botocore data'; ls botocore/data
 echo '== boto3 data'; ls boto3/data
 echo '== wrapper'; command -v entrypoint
+echo '== tls'; ls botocore/cacert.pem; ls -d certifi 2>/dev/null
+echo '== ca variables'; env | grep -E 'CA_BUNDLE|SSL_CERT|CA_CERT' || true
 """
 
 
@@ -123,6 +126,13 @@ def test_botocore_is_trimmed_to_s3_and_sts(image_facts) -> None:
     assert {"partitions.json", "_retry.json", "sdk-default-configuration.json"} <= entries
     assert "endpoints.json" in entries or "endpoints.json.gz" in entries
     assert set(image_facts["boto3 data"]) == {"s3"}
+
+
+def test_image_trusts_botocores_ca_bundle_without_certifi(image_facts) -> None:
+    """No certifi (it is not a locked dependency): botocore's cacert.pem is the default bundle,
+    and the trimming keeps it. The image sets no CA variable of its own."""
+    assert image_facts["tls"] == ["botocore/cacert.pem"], image_facts["tls"]
+    assert image_facts["ca variables"] == []
 
 
 def _data_folder(path: Path) -> Path:
@@ -222,3 +232,69 @@ def test_install_entrypoint_copies_the_wrapper_into_a_volume(agent_image,  # noq
     installed = shared / "entrypoint"
     assert installed.read_bytes() == (ROOT / "entrypoint").read_bytes()
     assert installed.stat().st_mode & 0o755 == 0o755
+
+
+CA_IN_IMAGE = "/etc/catalog-agent/tls/ca.pem"
+
+
+def _tls_env(server, bucket: str) -> dict[str, str]:
+    """The agent pointed at SeaweedFS's https endpoint; no CA variable (podman passes none)."""
+    return {"AWS_ACCESS_KEY_ID": server.access_key, "AWS_SECRET_ACCESS_KEY": server.secret_key,
+            "CATALOG_AGENT_ENDPOINT_URL": server.https_endpoint,
+            "CATALOG_AGENT_S3_BUCKET": bucket, "CATALOG_AGENT_REGION": "us-east-1",
+            "CATALOG_AGENT_ADDRESSING_STYLE": "path", "CATALOG_AGENT_LOG_FORMAT": "json",
+            "CATALOG_AGENT_RUN_ID": "run-1", "AWS_EC2_METADATA_DISABLED": "true"}
+
+
+def test_image_talks_https_with_a_mounted_ca_bundle(agent_image, tls_s3_server, tls_bucket,  # noqa: F811
+                                                    pki, tmp_path: Path) -> None:  # noqa: F811
+    """SeaweedFS over https with the tests' CA, mounted read-only as a Secret would be: put
+    (ca_bundle; small and multipart), sync (botocore's client; AWS_CA_BUNDLE) and get
+    (AWS_CA_BUNDLE) work, every byte right."""
+    out = _data_folder(tmp_path / "out")
+    files = {"small.txt": b"over https\n", "large.bin": secrets.token_bytes(17 * 1024 * 1024)}
+    for name, data in files.items():
+        (out / name).write_bytes(data)
+    env = _tls_env(tls_s3_server, tls_bucket)
+    ca = [(f"{pki.ca}", f"{CA_IN_IMAGE}:ro")]
+
+    put = run_image(agent_image.tag, "put", "*", "--step", "s", "--compute-data-folder", "/data",
+                    volumes=[(out, "/data"), *ca],
+                    env={**env, "CATALOG_AGENT_CA_BUNDLE": CA_IN_IMAGE})
+    assert put.returncode == 0, put.stderr
+    plain = tls_s3_server.client()
+    for name, data in files.items():
+        assert plain.get_object(Bucket=tls_bucket, Key=f"run-1/{name}")["Body"].read() == data
+    sync = run_image(agent_image.tag, "sync", "--from-run", "run-1", "--run-id", "run-2",
+                     volumes=ca, env={**env, "AWS_CA_BUNDLE": CA_IN_IMAGE})
+    assert sync.returncode == 0, sync.stderr
+    into = _data_folder(tmp_path / "in")
+    get = run_image(agent_image.tag, "get", "*", "--run-id", "run-2", "--compute-data-folder",
+                    "/data", volumes=[(into, "/data"), *ca],
+                    env={**env, "AWS_CA_BUNDLE": CA_IN_IMAGE})
+    assert get.returncode == 0, get.stderr
+    for name, data in files.items():
+        assert (into / name).read_bytes() == data, name
+
+
+def test_image_without_a_ca_refuses_the_certificate_in_one_line(agent_image, tls_s3_server,  # noqa: F811
+                                                               tls_bucket,  # noqa: F811
+                                                               tmp_path: Path) -> None:
+    """No ca_bundle, no AWS_CA_BUNDLE: the image's own trust (botocore's cacert.pem; certifi is
+    not installed) refuses the tests' CA: exit 4 and one line, for get and put alike."""
+    env = _tls_env(tls_s3_server, tls_bucket)
+    out = _data_folder(tmp_path / "out")
+    (out / "a.txt").write_text("a\n")
+    empty = _data_folder(tmp_path / "empty")
+    for args in (["get", "*"], ["put", "*", "--step", "t"]):
+        ran = run_image(agent_image.tag, *args, "--compute-data-folder", "/data",
+                        volumes=[(out if args[0] == "put" else empty, "/data")], env=env)
+        assert ran.returncode == 4, ran.stderr
+        assert "Traceback" not in ran.stderr and "ModuleNotFoundError" not in ran.stderr
+        lines = [line for line in ran.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1, ran.stderr
+        error = json.loads(lines[0])
+        assert error["event"].startswith(f"TLS certificate of {tls_s3_server.https_endpoint} "
+                                         f"not trusted: unable to get local issuer certificate")
+    assert list(empty.iterdir()) == []
+    assert tls_s3_server.client().list_objects_v2(Bucket=tls_bucket).get("KeyCount", 0) == 0

@@ -19,6 +19,7 @@ import threading
 import time
 from typing import Any, Callable, Iterator
 
+from catalog_agent import tls
 from catalog_agent.aws import RetryCounter, s3_client, translate
 from catalog_agent.config import Config
 from catalog_agent.errors import AgentError, IntegrityError, Interrupted, TransferError
@@ -106,7 +107,7 @@ class S3Store:
         http = S3Http(endpoint=_endpoint(config), region=config.region, bucket=config.s3_bucket,
                       addressing_style=config.addressing_style, credentials=keys,
                       pool_size=pool_size, attempts=config.max_attempts,
-                      verify=config.ca_bundle or config.verify_tls, on_retry=counter.add,
+                      verify=tls.verify(config), on_retry=counter.add,
                       retry_mode=config.retry_mode, stop=cancel)
         store = cls(http, config.s3_bucket, attempts=config.max_attempts, extra_args=extra,
                     make_client=lambda: s3_client(config, pool_size=pool_size, session=session),

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Mapping
 from urllib.parse import urlsplit
 
+from catalog_agent import tls
 from catalog_agent.errors import AgentError, FileChanged, Interrupted
 from catalog_agent.stores import sigv4
 from catalog_agent.stores.retries import SKEW, THROTTLING, RetryPolicy
@@ -120,7 +121,7 @@ class AsyncS3:
         assert isinstance(http, s3_http.S3Http)
         return cls(origin=http.origin, host=http.host, prefix=http._prefix, signer=http.signer,
                    credentials=http._credentials, policy=http.policy, attempts=http.attempts,
-                   verify=http.verify, on_retry=http._on_retry, ca_bundle=s3_http._ca_bundle)
+                   verify=http.verify, on_retry=http._on_retry, ca_bundle=tls.default_bundle)
 
     # --- operations ---
 
@@ -178,6 +179,9 @@ class AsyncS3:
                 raise
             except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
                     ValueError) as exc:
+                refused = tls.certificate_error(exc, self.origin)
+                if refused is not None:  # refused once, refused every time: no retry
+                    raise refused from None
                 kind: str | None = policy.classify(None, "")
                 failure: Exception = connection_error(exc, self.origin + target)
                 policy.after_response(throttled=False)

@@ -31,6 +31,7 @@ from urllib.parse import quote, unquote_plus, urlsplit
 
 import urllib3
 
+from catalog_agent import tls
 from catalog_agent.errors import FileChanged, Interrupted, TransferError
 from catalog_agent.stores import sigv4
 from catalog_agent.stores.retries import SKEW, RetryPolicy
@@ -119,7 +120,7 @@ class S3Http:
                 options["cert_reqs"] = "CERT_NONE"
             else:
                 options["cert_reqs"] = "CERT_REQUIRED"
-                options["ca_certs"] = verify if isinstance(verify, str) else _ca_bundle()
+                options["ca_certs"] = verify if isinstance(verify, str) else tls.default_bundle()
         self.pool = urllib3.connection_from_url(self.origin, **options)
 
     # --- objects ---
@@ -276,6 +277,9 @@ class S3Http:
                                              redirect=False, assert_same_host=False,
                                              release_conn=preload)
             except (urllib3.exceptions.HTTPError, OSError) as exc:
+                refused = tls.certificate_error(exc, self.origin)
+                if refused is not None:  # refused once, refused every time: no retry
+                    raise refused from None
                 kind: str | None = policy.classify(None, "")
                 failure = connection_error(exc, self.origin + url)
                 policy.after_response(throttled=False)
@@ -407,16 +411,6 @@ def _is_ip(host: str | None) -> bool:
 
 def _dns_compatible(bucket: str) -> bool:
     return bool(re.fullmatch(r"[a-z0-9][a-z0-9-]{1,61}[a-z0-9]", bucket))
-
-
-def _ca_bundle() -> str:
-    """The CA bundle botocore would use: AWS_CA_BUNDLE, else certifi's."""
-    bundle = os.environ.get("AWS_CA_BUNDLE")
-    if bundle:
-        return bundle
-    import certifi
-
-    return certifi.where()
 
 
 def _timestamp(text: str) -> float:
