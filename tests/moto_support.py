@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import socket
 import subprocess
@@ -170,14 +169,6 @@ class MotoServer:
         """How many STS sessions moto issued under ``session_name``."""
         return sum(1 for role in self.issued() if role.get("session_name") == session_name)
 
-    def sts_calls(self) -> int:
-        """STS (and IAM) calls so far, from the server's request log: ``POST /`` lines.
-
-        S3 requests always name a bucket in the path, so they never count here.
-        """
-        text = self.log_path.read_text(errors="replace")
-        return len(re.findall(r'"POST / HTTP/1\.1" 200', text))
-
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()
@@ -186,6 +177,7 @@ class MotoServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        self.log_path.unlink(missing_ok=True)
 
 
 def start_moto(timeout: float = 60, *, env: dict[str, str] | None = None) -> MotoServer:
@@ -227,4 +219,3 @@ def moto_server() -> Iterator[MotoServer]:
     server = start_moto()
     yield server
     server.stop()
-    server.log_path.unlink(missing_ok=True)
