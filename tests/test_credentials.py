@@ -17,10 +17,12 @@ import secrets
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
-from typing import Any, Iterator
+from typing import IO, Any, Iterator
 
 import pytest
 from conftest import IN_CI, Agent, Ran, agent_env, log_events
@@ -138,29 +140,36 @@ def make_user(server: MotoServer, name: str, actions: list[str]) -> tuple[str, s
     return server.make_user(name, actions)
 
 
-def start_agent(agent: Agent, *args: str, env: dict[str, str]) -> subprocess.Popen[str]:
-    """The CLI in the background, its output to files (a held agent never blocks on a pipe)."""
-    out = (agent.cwd / f"out-{secrets.token_hex(3)}").open("w+")
-    err = (agent.cwd / f"err-{secrets.token_hex(3)}").open("w+")
+@dataclass
+class Running:
+    """The CLI in the background, its output going to files (a held agent never blocks on a
+    full pipe)."""
+
+    process: subprocess.Popen[str]
+    stdout: IO[str]
+    stderr: IO[str]
+
+    def finish(self, timeout: float = 300) -> Ran:
+        try:
+            self.process.wait(timeout=timeout)
+        finally:
+            if self.process.poll() is None:
+                self.process.kill()
+                self.process.wait()
+        texts = []
+        for handle in (self.stdout, self.stderr):
+            handle.seek(0)
+            texts.append(handle.read())
+            handle.close()
+        return Ran(self.process.returncode, texts[0], texts[1])
+
+
+def start_agent(agent: Agent, *args: str, env: dict[str, str]) -> Running:
+    stdout = tempfile.TemporaryFile("w+")
+    stderr = tempfile.TemporaryFile("w+")
     process = subprocess.Popen([sys.executable, "-m", "catalog_agent", *args], cwd=agent.cwd,
-                               env={**agent.env, **env}, stdout=out, stderr=err, text=True)
-    process.outputs = (out, err)  # type: ignore[attr-defined]
-    return process
-
-
-def finish(process: subprocess.Popen[str], timeout: float = 300) -> Ran:
-    try:
-        process.wait(timeout=timeout)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    texts = []
-    for handle in process.outputs:  # type: ignore[attr-defined]
-        handle.seek(0)
-        texts.append(handle.read())
-        handle.close()
-    return Ran(process.returncode, texts[0], texts[1])
+                               env={**agent.env, **env}, stdout=stdout, stderr=stderr, text=True)
+    return Running(process, stdout, stderr)
 
 
 def unique(prefix: str) -> str:
@@ -459,24 +468,24 @@ def test_credentials_refreshed_during_a_transfer(cred_agent: Agent, tmp_path: Pa
                 "--role-arn", role, "--session-duration-in-seconds", "900", "--concurrency", "1"]
 
         server.hold("POST", r"/r-refresh/big\.bin\?uploads")
-        process = start_agent(cred_agent, "put", "**", "--compute-data-folder", str(data),
+        running = start_agent(cred_agent, "put", "**", "--compute-data-folder", str(data),
                               *args, env=env)
-        server.wait_held(process)
+        server.wait_held(running.process)
         put_held = len(server.requests())
         fake_clock.advance(660)
         server.release()
-        put = finish(process)
+        put = running.finish()
         assert put.code == 0, put.output[-3000:]
         put_requests = server.requests()
 
         server.hold("GET", r"/r-refresh/z-00\.txt$")
-        process = start_agent(cred_agent, "get", "**", "--compute-data-folder",
+        running = start_agent(cred_agent, "get", "**", "--compute-data-folder",
                               str(tmp_path / "in"), *args, env=env)
-        server.wait_held(process)
+        server.wait_held(running.process)
         get_held = len(server.requests())
         fake_clock.advance(800)
         server.release()
-        got = finish(process)
+        got = running.finish()
         assert got.code == 0, got.output[-3000:]
         get_requests = server.requests()[len(put_requests):]
     finally:
@@ -536,13 +545,13 @@ def test_refresh_refused_mid_transfer_stops_with_exit_4(cred_agent: Agent, tmp_p
     _files(data, [f"f-{i:02d}.txt" for i in range(40)], size=4 * 1024)
     env = {**fake_clock.env(cred_agent.env), "K": key, "S": secret}
     moto_server.hold("PUT", r"/r-revoked/f-20\.txt$")
-    process = start_agent(cred_agent, "put", "**", "--run-id", "r-revoked", "--step", "s1",
+    running = start_agent(cred_agent, "put", "**", "--run-id", "r-revoked", "--step", "s1",
                           "--compute-data-folder", str(data), "--use-credentials",
                           "--aws-access-key-name", "K", "--aws-secret-access-key-name", "S",
                           "--role-arn", role, "--session-duration-in-seconds", "900",
                           "--concurrency", "1", env=env)
     try:
-        moto_server.wait_held(process)
+        moto_server.wait_held(running.process)
         # Now nobody may assume the role any more.
         moto_server.client("iam").update_assume_role_policy(
             RoleName=role.rsplit("/", 1)[1], PolicyDocument=json.dumps({
@@ -552,7 +561,7 @@ def test_refresh_refused_mid_transfer_stops_with_exit_4(cred_agent: Agent, tmp_p
         fake_clock.advance(800)
     finally:
         moto_server.release()
-    ran = finish(process)
+    ran = running.finish()
     error = assert_one_error_line(ran, 4, "AssumeRole", "AccessDenied", "trust policy")
     assert role in error["event"]
     print(error["event"])
