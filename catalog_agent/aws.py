@@ -14,6 +14,19 @@ if TYPE_CHECKING:
 ACCESS_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
                 "InvalidToken", "AllAccessDisabled", "AccountProblem", "InvalidClientTokenId",
                 "UnrecognizedClientException", "403", "Forbidden"}
+# The request's credentials themselves were refused (not a policy): each with what to check.
+REFUSED_HINTS = {
+    "SignatureDoesNotMatch": "the secret access key does not belong to the access key id: "
+                             "check the secret's variable, file or profile",
+    "InvalidAccessKeyId": "S3 does not know the access key id: check it, and that temporary "
+                          "keys (ASIA...) come with their session token",
+    "InvalidClientTokenId": "the access key id is not known: check it, and that temporary "
+                            "keys (ASIA...) come with their session token",
+    "InvalidToken": "the session token does not belong to the access key id: check the "
+                    "session token's variable",
+    "ExpiredToken": "the session token has expired: renew the temporary credentials, or let "
+                    "the agent refresh them (IRSA, Pod Identity or role_arn)",
+}
 REGION_CODES = {"PermanentRedirect", "AuthorizationHeaderMalformed", "IllegalLocationConstraintException"}
 
 
@@ -92,6 +105,9 @@ def translate(exc: BaseException, what: str, *, bucket: str = "") -> AgentError:
         code = str(error.get("Code", "")) or str(
             exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
         message = _short(error.get("Message", "")) or code
+        if code in REFUSED_HINTS:
+            return AccessError(f"access denied to {what}: {code}: {message}",
+                               hint=REFUSED_HINTS[code])
         if code in ACCESS_CODES:
             return AccessError(f"access denied to {what}: {code}: {message}",
                                hint=f"the identity's IAM policy must allow s3:ListBucket on "

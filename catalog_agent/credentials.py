@@ -36,11 +36,6 @@ if TYPE_CHECKING:
 
     from catalog_agent.config import Config
 
-# Test hook, not a setting: refresh temporary credentials this many seconds after they were
-# issued instead of shortly before they expire. STS never issues sessions shorter than 900 s,
-# so this is the only way a test can show a transfer that spans a refresh.
-REFRESH_HOOK = "_CATALOG_AGENT_REFRESH_AFTER_SECONDS"
-
 # Method names printed by ``config --check`` and logged, by botocore provider METHOD.
 _METHODS = {
     "env": "environment",
@@ -347,11 +342,6 @@ def refresh_windows(lifetime: float) -> tuple[int, int]:
 
     Advisory: one thread tries while the others carry on; mandatory: every request waits.
     """
-    hook = os.environ.get(REFRESH_HOOK, "")
-    if hook.isdigit():
-        after = max(1, int(hook))
-        advisory = max(1, int(lifetime) - after)
-        return advisory, max(0, advisory - 1)
     advisory = max(1, min(15 * 60, int(lifetime) // 3))
     mandatory = max(1, min(10 * 60, int(lifetime) // 6))
     return advisory, mandatory
@@ -466,8 +456,9 @@ def _sts_hint(operation: str, code: str, message: str, role: str, base: str,
         return (f"the trust policy of {role} must allow sts:AssumeRole from {who}, and "
                 f"that identity's policy must allow sts:AssumeRole on {role}")
     if code in {"InvalidClientTokenId", "SignatureDoesNotMatch", "UnrecognizedClientException"}:
-        return ("the base credentials were refused: check the key variables or profile, and "
-                f"that STS is enabled in region {config.region!r}")
+        return ("the base credentials were refused: check the key variables or profile (a "
+                "temporary ASIA key needs its session token), and that STS is enabled in "
+                f"region {config.region!r}")
     if code == "RegionDisabledException":
         return f"activate STS in region {config.region!r} (IAM account settings) or change region"
     if code == "ValidationError" and "duration" in message.lower():

@@ -2,34 +2,39 @@
 
 Each test runs the real CLI as a subprocess. STS is reached only through sts_endpoint_url and
 S3 only through endpoint_url (no AWS_ENDPOINT_URL), so a test passes only if the agent sends
-STS calls where the configuration says. Every captured output and termination message is
-scanned for every secret the test used or moto issued.
+STS calls where the configuration says. moto checks every request's signature and IAM policy
+(tests/moto_support.py): a key moto does not know, a wrong secret or session token, or a
+policy that does not allow the call fails as on AWS. Every captured output and termination
+message is scanned for every secret the test used or moto issued.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
-import time
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
-from typing import Any, Iterator
+from typing import IO, Any, Iterator
 
 import pytest
-from conftest import Agent, Ran, agent_env, log_events
-from moto_support import ACCOUNT, MotoServer, moto_server, start_moto  # noqa: F401 - the fixture
+from conftest import IN_CI, Agent, Ran, agent_env, log_events
+from fakeclock import FakeClock, library
+from moto_support import ACCOUNT, ADMIN_ARN, MotoServer, moto_server, start_moto  # noqa: F401
 
-from catalog_agent.credentials import REFRESH_HOOK, refresh_windows, session_name
+from catalog_agent.credentials import refresh_windows, session_name
 
 IRSA_ROLE = f"arn:aws:iam::{ACCOUNT}:role/irsa-role"
 # Every token a test wrote into a file: assert_clean scans for all of them.
 TOKENS: list[str] = []
-TARGET_ROLE = f"arn:aws:iam::{ACCOUNT}:role/catalog-writer"
+NO_SUCH_ROLE = f"arn:aws:iam::{ACCOUNT}:role/catalog-writer"  # never created
 
 
 def _jwt() -> str:
@@ -60,13 +65,28 @@ def cred_agent(tmp_path: Path, moto_server: MotoServer, moto_bucket: str) -> Age
     return Agent(env, tmp_path)
 
 
+@pytest.fixture(scope="session")
+def irsa_role(moto_server: MotoServer) -> str:  # noqa: F811
+    """The pod's IRSA role in IAM: trusts the cluster's OIDC provider, may use S3 and
+    assume other roles."""
+    return moto_server.make_web_identity_role(IRSA_ROLE.rsplit("/", 1)[1])
+
+
 @pytest.fixture
-def irsa(tmp_path: Path) -> dict[str, str]:
+def irsa(tmp_path: Path, irsa_role: str) -> dict[str, str]:
     """What EKS injects for IRSA: the role and a projected token file."""
     token = tmp_path / "eks.amazonaws.com" / "serviceaccount" / "token"
     token.parent.mkdir(parents=True)
     token.write_text(_jwt())
-    return {"AWS_ROLE_ARN": IRSA_ROLE, "AWS_WEB_IDENTITY_TOKEN_FILE": str(token)}
+    return {"AWS_ROLE_ARN": irsa_role, "AWS_WEB_IDENTITY_TOKEN_FILE": str(token)}
+
+
+@pytest.fixture
+def fake_clock(tmp_path: Path) -> FakeClock:
+    """A wall clock the test moves (libfaketime, scripts/setup.d/40-faketime.sh)."""
+    if library() is None and not IN_CI:
+        pytest.skip("libfaketime is not installed (scripts/setup.d/40-faketime.sh)")
+    return FakeClock(tmp_path / "faketime")
 
 
 # --- helpers ---
@@ -111,29 +131,45 @@ def check_lines(ran: Ran) -> dict[str, tuple[str, str]]:
 
 
 def make_role(server: MotoServer, name: str, trusted: str, *,  # noqa: F811
-              s3_actions: str | None = "s3:*") -> str:
-    iam = server.client("iam")
-    trust = {"Version": "2012-10-17", "Statement": [{
-        "Effect": "Allow", "Principal": {"AWS": trusted},
-        "Action": ["sts:AssumeRole", "sts:TagSession"]}]}
-    arn = iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(trust))["Role"]["Arn"]
-    if s3_actions:
-        iam.put_role_policy(RoleName=name, PolicyName="catalog", PolicyDocument=json.dumps({
-            "Version": "2012-10-17", "Statement": [
-                {"Effect": "Allow", "Action": s3_actions, "Resource": "*"}]}))
-    return arn
+              actions: list[str] | None = None) -> str:
+    return server.make_role(name, trusted, actions=actions)
 
 
 def make_user(server: MotoServer, name: str, actions: list[str]) -> tuple[str, str, str]:  # noqa: F811
     """An IAM user with an access key and a policy allowing ``actions``: (arn, key, secret)."""
-    iam = server.client("iam")
-    arn = iam.create_user(UserName=name)["User"]["Arn"]
-    if actions:
-        iam.put_user_policy(UserName=name, PolicyName="p", PolicyDocument=json.dumps({
-            "Version": "2012-10-17", "Statement": [
-                {"Effect": "Allow", "Action": actions, "Resource": "*"}]}))
-    key = iam.create_access_key(UserName=name)["AccessKey"]
-    return arn, key["AccessKeyId"], key["SecretAccessKey"]
+    return server.make_user(name, actions)
+
+
+@dataclass
+class Running:
+    """The CLI in the background, its output going to files (a held agent never blocks on a
+    full pipe)."""
+
+    process: subprocess.Popen[str]
+    stdout: IO[str]
+    stderr: IO[str]
+
+    def finish(self, timeout: float = 300) -> Ran:
+        try:
+            self.process.wait(timeout=timeout)
+        finally:
+            if self.process.poll() is None:
+                self.process.kill()
+                self.process.wait()
+        texts = []
+        for handle in (self.stdout, self.stderr):
+            handle.seek(0)
+            texts.append(handle.read())
+            handle.close()
+        return Ran(self.process.returncode, texts[0], texts[1])
+
+
+def start_agent(agent: Agent, *args: str, env: dict[str, str]) -> Running:
+    stdout = tempfile.TemporaryFile("w+")
+    stderr = tempfile.TemporaryFile("w+")
+    process = subprocess.Popen([sys.executable, "-m", "catalog_agent", *args], cwd=agent.cwd,
+                               env={**agent.env, **env}, stdout=stdout, stderr=stderr, text=True)
+    return Running(process, stdout, stderr)
 
 
 def unique(prefix: str) -> str:
@@ -289,7 +325,7 @@ class _PodIdentityAgent(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def pod_identity_agent(moto_server: MotoServer) -> Iterator[type[_PodIdentityAgent]]:  # noqa: F811
-    role = make_role(moto_server, unique("pod-role"), f"arn:aws:iam::{ACCOUNT}:root")
+    role = make_role(moto_server, unique("pod-role"), ADMIN_ARN)
     issued = moto_server.client("sts").assume_role(RoleArn=role, RoleSessionName="pod-identity",
                                                    DurationSeconds=3600)["Credentials"]
     handler = type("Handler", (_PodIdentityAgent,), {
@@ -328,41 +364,51 @@ def test_eks_pod_identity(cred_agent: Agent, moto_server: MotoServer, tmp_path: 
 def test_assume_role_on_top_of_irsa(cred_agent: Agent, irsa: dict[str, str],
                                     moto_server: MotoServer) -> None:  # noqa: F811
     name = session_name("r-on-irsa", "s1")
+    # The target trusts the IRSA session (moto matches principals exactly, no role-wide match).
+    target_name = unique("catalog-writer")
+    target = make_role(moto_server, target_name,
+                       f"arn:aws:sts::{ACCOUNT}:assumed-role/irsa-role/{name}")
     ran = cred_agent("config", "--check", "--run-id", "r-on-irsa", "--step", "s1",
-                     "--role-arn", TARGET_ROLE, env=irsa)
+                     "--role-arn", target, env=irsa)
     assert ran.code == 0, ran.output
     rows = check_lines(ran)
-    assert rows["credentials"][1] == f"assume-role {TARGET_ROLE} on irsa", rows
-    assert f"assumed-role/catalog-writer/{name}" in rows["identity"][1]
+    assert rows["credentials"][1] == f"assume-role {target} on irsa", rows
+    assert f"assumed-role/{target_name}/{name}" in rows["identity"][1]
+    assert [rows[k][0] for k in ("list", "write", "read", "delete")] == ["ok"] * 4, rows
     assert moto_server.assumed_sessions(name) == 2  # the IRSA hop, then the role
     assert_clean(ran, cred_agent, moto_server)
 
 
 def test_assume_role_on_top_of_named_variables(cred_agent: Agent,
                                                moto_server: MotoServer) -> None:  # noqa: F811
-    _, key, secret = make_user(moto_server, unique("base"), ["sts:AssumeRole"])
+    user_arn, key, secret = make_user(moto_server, unique("base"), ["sts:AssumeRole"])
+    target_name = unique("catalog-writer")
+    target = make_role(moto_server, target_name, user_arn)
     ran = cred_agent("config", "--check", "--run-id", "r-on-env", "--use-credentials",
                      "--aws-access-key-name", "K", "--aws-secret-access-key-name", "S",
-                     "--role-arn", TARGET_ROLE, "--session-duration-in-seconds", "3600",
+                     "--role-arn", target, "--session-duration-in-seconds", "3600",
                      env={"K": key, "S": secret})
     assert ran.code == 0, ran.output
     rows = check_lines(ran)
-    assert rows["credentials"][1] == f"assume-role {TARGET_ROLE} on environment", rows
-    assert f"assumed-role/catalog-writer/{session_name('r-on-env', '')}" in rows["identity"][1]
+    assert rows["credentials"][1] == f"assume-role {target} on environment", rows
+    assert f"assumed-role/{target_name}/{session_name('r-on-env', '')}" in rows["identity"][1]
+    assert [rows[k][0] for k in ("list", "write", "read", "delete")] == ["ok"] * 4, rows
     assert_clean(ran, cred_agent, moto_server, secret)
 
 
 def test_assume_role_on_top_of_a_profile(cred_agent: Agent, moto_server: MotoServer,  # noqa: F811
                                          tmp_path: Path) -> None:
-    _, key, secret = make_user(moto_server, unique("prof-base"), ["sts:AssumeRole"])
+    user_arn, key, secret = make_user(moto_server, unique("prof-base"), ["sts:AssumeRole"])
+    target_name = unique("catalog-writer")
+    target = make_role(moto_server, target_name, user_arn)
     creds = tmp_path / "credentials"
     creds.write_text(f"[ci]\naws_access_key_id = {key}\naws_secret_access_key = {secret}\n")
     ran = cred_agent("config", "--check", "--run-id", "r-on-prof", "--aws-profile", "ci",
-                     "--aws-credentials-file", str(creds), "--role-arn", TARGET_ROLE)
+                     "--aws-credentials-file", str(creds), "--role-arn", target)
     assert ran.code == 0, ran.output
     rows = check_lines(ran)
-    assert rows["credentials"][1] == f"assume-role {TARGET_ROLE} on profile", rows
-    assert "assumed-role/catalog-writer/" in rows["identity"][1]
+    assert rows["credentials"][1] == f"assume-role {target} on profile", rows
+    assert f"assumed-role/{target_name}/" in rows["identity"][1]
     assert_clean(ran, cred_agent, moto_server, secret)
 
 
@@ -379,114 +425,150 @@ def test_same_role_uses_web_identity_directly(cred_agent: Agent, irsa: dict[str,
     assert_clean(ran, cred_agent, moto_server)
 
 
-def test_credentials_refreshed_during_a_transfer(cred_agent: Agent, tmp_path: Path) -> None:
+def _files(folder: Path, names: list[str], size: int = 16 * 1024) -> dict[str, bytes]:
+    folder.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for name in names:
+        written[name] = os.urandom(size)
+        (folder / name).write_bytes(written[name])
+    return written
+
+
+def test_credentials_refreshed_during_a_transfer(cred_agent: Agent, tmp_path: Path,
+                                                 fake_clock: FakeClock) -> None:
     """A put and a get that outlast their credentials refresh them and finish.
 
-    STS never issues sessions under 900 s, so the test hook REFRESH_HOOK makes the agent treat
-    credentials as due one second after issue; everything else is the production path:
-    botocore's RefreshableCredentials asks our fetcher for a new AssumeRole session while
-    single-object requests and s3transfer's multipart parts are in flight. moto checks every
-    request's signature against the session that signed it (auth enforced), and its request
-    log counts the AssumeRole calls. A server of its own: moto cannot dump its state once it
-    holds a completed multipart upload, which the other tests' secret scans need.
+    STS never issues sessions under 900 s, so the test moves the clock instead of waiting:
+    the agent and moto's server share a wall clock (libfaketime) that the test moves while
+    the server holds one request of the transfer, so the transfer is provably mid-way. The put
+    jumps 660 s into its 900 s session (inside the advisory window: one thread refreshes, the
+    others carry on), the get 800 s (mandatory window: every request waits for the refresh).
+    Everything else is the production path: botocore's RefreshableCredentials asks our
+    fetcher for a new AssumeRole session, moto issues it and checks every request's signature
+    against the session that signed it. A server of its own: moto cannot dump its state once
+    it holds a completed multipart upload, which the other tests' secret scans need.
     """
-    server = start_moto()
+    server = start_moto(env=fake_clock.env(dict(os.environ)))
     try:
         bucket = "refresh-" + secrets.token_hex(4)
         server.client("s3").create_bucket(Bucket=bucket)
         user_arn, key, secret = make_user(server, unique("refresher"), ["sts:AssumeRole"])
         role = make_role(server, unique("refresh-role"), user_arn)
-        data = tmp_path / "big"
-        data.mkdir()
-        payload = os.urandom(64 * 1024 * 1024)  # multipart: parts signed across refreshes
-        (data / "big.bin").write_bytes(payload)
-        for i in range(400):  # one request each, one at a time: the transfer lasts seconds
-            (data / f"small-{i:03d}.txt").write_bytes(os.urandom(16 * 1024))
-        env = {"K": key, "S": secret, REFRESH_HOOK: "1",
+        data = tmp_path / "out"
+        # Uploaded in name order by one worker: a-* before the refresh, big.bin (multipart:
+        # 3 parts) created before it and completed after it, z-* after it.
+        payload = _files(data, [f"a-{i:02d}.txt" for i in range(10)])
+        payload.update(_files(data, ["big.bin"], size=20 * 1024 * 1024))
+        payload.update(_files(data, [f"z-{i:02d}.txt" for i in range(10)]))
+        env = {**fake_clock.env(cred_agent.env), "K": key, "S": secret,
                "CATALOG_AGENT_S3_BUCKET": bucket, "CATALOG_AGENT_ENDPOINT_URL": server.endpoint,
                "CATALOG_AGENT_STS_ENDPOINT_URL": server.endpoint}
         args = ["--run-id", "r-refresh", "--step", "s1", "--use-credentials",
                 "--aws-access-key-name", "K", "--aws-secret-access-key-name", "S",
-                "--role-arn", role, "--concurrency", "1"]
-        sts_calls_before = server.sts_calls()
-        with server.enforce_auth():
-            put = cred_agent("put", "**", "--compute-data-folder", str(data), *args, env=env)
-            assert put.code == 0, put.output[-3000:]
-            got = cred_agent("get", "**", "--compute-data-folder", str(tmp_path / "in"), *args,
-                             env=env)
+                "--role-arn", role, "--session-duration-in-seconds", "900", "--concurrency", "1"]
+
+        server.hold("POST", r"/r-refresh/big\.bin\?uploads")
+        running = start_agent(cred_agent, "put", "**", "--compute-data-folder", str(data),
+                              *args, env=env)
+        server.wait_held(running.process)
+        put_held = len(server.requests())
+        fake_clock.advance(660)
+        server.release()
+        put = running.finish()
+        assert put.code == 0, put.output[-3000:]
+        put_requests = server.requests()
+
+        server.hold("GET", r"/r-refresh/z-00\.txt$")
+        running = start_agent(cred_agent, "get", "**", "--compute-data-folder",
+                              str(tmp_path / "in"), *args, env=env)
+        server.wait_held(running.process)
+        get_held = len(server.requests())
+        fake_clock.advance(800)
+        server.release()
+        got = running.finish()
         assert got.code == 0, got.output[-3000:]
-        sts_calls = server.sts_calls() - sts_calls_before
+        get_requests = server.requests()[len(put_requests):]
     finally:
         server.stop()
-    assert (tmp_path / "in" / "big.bin").read_bytes() == payload
-    assert (tmp_path / "in" / "small-399.txt").read_bytes() == (data / "small-399.txt").read_bytes()
-    put_events, got_events = events(put), events(got)
-    put_refreshes = [e for e in put_events if e["event"] == "credentials.refreshed"]
-    got_refreshes = [e for e in got_events if e["event"] == "credentials.refreshed"]
-    put_done = next(e for e in put_events if e["event"] == "put.done")
-    assert put_refreshes, f"no refresh in a {put_done['seconds']} s put"
-    assert got_refreshes, "no refresh during the get"
-    assert all(e["timestamp"] <= put_done["timestamp"] for e in put_refreshes)
-    # One AssumeRole per command to start, then one per refresh, each a real STS call.
-    assert sts_calls == 2 + len(put_refreshes) + len(got_refreshes), sts_calls
-    for ran in (put, got):
+
+    for name, content in payload.items():
+        assert (tmp_path / "in" / name).read_bytes() == content, name
+    for ran, requests in ((put, put_requests), (got, get_requests)):
+        refreshes = [e for e in events(ran) if e["event"] == "credentials.refreshed"]
+        assert len(refreshes) == 1, refreshes
+        # Two AssumeRole calls, signed by the user: the first session and the refresh.
+        assume = [r for r in requests if r["service"] == "sts" and r["key"] == key]
+        assert len(assume) == 2, requests
         assert secret not in ran.output and "Traceback" not in ran.output
-        for token in TOKENS:
-            assert token not in ran.output
-    print(f"put {put_done['seconds']} s: {len(put_refreshes)} refreshes; get: "
-          f"{len(got_refreshes)} refreshes; {sts_calls} STS calls")
+
+    def signers(requests: list[dict[str, str]], method: str, pattern: str) -> set[str]:
+        found = {r["key"] for r in requests
+                 if r["method"] == method and re.search(pattern, r["target"])}
+        assert found, f"no {method} {pattern} request"
+        return found
+
+    # put: a-* under the first session, big.bin created under it and completed under the
+    # new one (its parts under either: advisory, the others carried on while one refreshed),
+    # z-* under the new one. moto verified every signature against its session.
+    (first,) = signers(put_requests, "PUT", r"/a-\d\d\.txt$")
+    (new,) = signers(put_requests, "PUT", r"/z-\d\d\.txt$")
+    assert first.startswith("ASIA") and new.startswith("ASIA") and first != new
+    assert signers(put_requests, "POST", r"/big\.bin\?uploads=") == {first}
+    assert signers(put_requests, "PUT", r"/big\.bin\?partNumber=") <= {first, new}
+    assert signers(put_requests, "POST", r"/big\.bin\?uploadId=") == {new}
+    # get: everything up to the held z-00 under its first session; every later request under
+    # the new one (mandatory: all requests waited for the refresh).
+    (first,) = signers(get_requests[:get_held - len(put_requests)], "GET", "/r-refresh/")
+    later = {r["key"] for r in get_requests[get_held - len(put_requests):]
+             if r["service"] == "s3"}
+    assert len(later) == 1 and first not in later and signers(
+        get_requests, "GET", r"/z-0[1-9]\.txt$") == later
+    print(f"put: {len(put_requests)} requests, get: {len(get_requests)}; one refresh each")
 
 
 def test_refresh_refused_mid_transfer_stops_with_exit_4(cred_agent: Agent, tmp_path: Path,
                                                         moto_server: MotoServer,  # noqa: F811
-                                                        moto_bucket: str) -> None:
+                                                        moto_bucket: str,
+                                                        fake_clock: FakeClock) -> None:
     """The role's trust is withdrawn while a put runs: the refresh fails, the put stops.
 
-    Exit 4 naming AssumeRole and the trust policy, and no manifest: the step never looks
-    complete with credentials that could not be renewed.
+    The server holds the 21st upload; meanwhile the test withdraws the role's trust and moves
+    the agent's clock 800 s into its 900 s session, into the mandatory window where no request
+    may go out on the old session. Exit 4 naming AssumeRole and the trust policy, and no
+    manifest: the step never looks complete with credentials that could not be renewed.
+    (Only the agent's clock moves: moto checks no request time, and 800 s is within AWS's
+    15 minutes of allowed skew too.)
     """
     user_arn, key, secret = make_user(moto_server, unique("revoked"), ["sts:AssumeRole"])
     role = make_role(moto_server, unique("revoked-role"), user_arn)
     data = tmp_path / "many"
-    data.mkdir()
-    # Long enough to outlast the mandatory refresh (2 s after issue with the hook at 1 s) on a
-    # quiet machine too: 400 files once finished in 1.8 s, before any refresh was needed.
-    for i in range(2000):
-        (data / f"f-{i:04d}.txt").write_bytes(os.urandom(4 * 1024))
-    env = {**cred_agent.env, "K": key, "S": secret, REFRESH_HOOK: "1"}
-    before = moto_server.sts_calls()
-    with moto_server.enforce_auth():
-        process = subprocess.Popen(
-            [sys.executable, "-m", "catalog_agent", "put", "**", "--run-id", "r-revoked",
-             "--step", "s1", "--compute-data-folder", str(data), "--use-credentials",
-             "--aws-access-key-name", "K", "--aws-secret-access-key-name", "S",
-             "--role-arn", role, "--concurrency", "1"], cwd=cred_agent.cwd, env=env,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
-            deadline = time.monotonic() + 60
-            while moto_server.sts_calls() == before and process.poll() is None:
-                assert time.monotonic() < deadline, "the agent never assumed the role"
-                time.sleep(0.05)
-            # The first session is issued: now nobody may assume the role any more.
-            with moto_server.auth_paused():
-                moto_server.client("iam").update_assume_role_policy(
-                    RoleName=role.rsplit("/", 1)[1], PolicyDocument=json.dumps({
-                        "Version": "2012-10-17", "Statement": [{
-                            "Effect": "Allow", "Action": "sts:AssumeRole",
-                            "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:user/nobody"}}]}))
-            stdout, stderr = process.communicate(timeout=300)
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.communicate()
-    ran = Ran(process.returncode, stdout, stderr)
+    _files(data, [f"f-{i:02d}.txt" for i in range(40)], size=4 * 1024)
+    env = {**fake_clock.env(cred_agent.env), "K": key, "S": secret}
+    moto_server.hold("PUT", r"/r-revoked/f-20\.txt$")
+    running = start_agent(cred_agent, "put", "**", "--run-id", "r-revoked", "--step", "s1",
+                          "--compute-data-folder", str(data), "--use-credentials",
+                          "--aws-access-key-name", "K", "--aws-secret-access-key-name", "S",
+                          "--role-arn", role, "--session-duration-in-seconds", "900",
+                          "--concurrency", "1", env=env)
+    try:
+        moto_server.wait_held(running.process)
+        # Now nobody may assume the role any more.
+        moto_server.client("iam").update_assume_role_policy(
+            RoleName=role.rsplit("/", 1)[1], PolicyDocument=json.dumps({
+                "Version": "2012-10-17", "Statement": [{
+                    "Effect": "Allow", "Action": "sts:AssumeRole",
+                    "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:user/nobody"}}]}))
+        fake_clock.advance(800)
+    finally:
+        moto_server.release()
+    ran = running.finish()
     error = assert_one_error_line(ran, 4, "AssumeRole", "AccessDenied", "trust policy")
     assert role in error["event"]
     print(error["event"])
     assert any(e["event"] == "credentials.refresh_failed" for e in events(ran))
     keys = [o["Key"] for o in moto_server.client("s3").list_objects_v2(
         Bucket=moto_bucket, Prefix="pipelines/r-revoked/").get("Contents", [])]
-    assert keys, "nothing was uploaded before the refresh: the test proves nothing"
+    assert len(keys) >= 20, keys  # uploaded before the refresh was due
     assert not [k for k in keys if "/.catalog-agent/manifests/" in k], keys
     assert_clean(ran, cred_agent, moto_server, secret)
 
@@ -570,10 +652,9 @@ def test_unreadable_token_file_hints_at_fsgroup(cred_agent: Agent, irsa: dict[st
 def test_assume_role_denied_by_trust_policy(cred_agent: Agent, moto_server: MotoServer) -> None:  # noqa: F811
     user_arn, key, secret = make_user(moto_server, unique("outsider"), ["sts:AssumeRole"])
     locked = make_role(moto_server, unique("locked"), f"arn:aws:iam::{ACCOUNT}:user/someone-else")
-    with moto_server.enforce_auth():
-        ran = cred_agent("config", "--check", "--run-id", "r1", "--use-credentials",
-                         "--role-arn", locked,
-                         env={"AWS_ACCESS_KEY_ID": key, "AWS_SECRET_ACCESS_KEY": secret})
+    ran = cred_agent("config", "--check", "--run-id", "r1", "--use-credentials",
+                     "--role-arn", locked,
+                     env={"AWS_ACCESS_KEY_ID": key, "AWS_SECRET_ACCESS_KEY": secret})
     error = assert_one_error_line(ran, 4, "AssumeRole", "AccessDenied", locked, "trust policy")
     assert "sts:AssumeRole" in error["event"]
     assert_clean(ran, cred_agent, moto_server, secret)
@@ -582,10 +663,9 @@ def test_assume_role_denied_by_trust_policy(cred_agent: Agent, moto_server: Moto
 
 def test_invalid_base_key_is_refused(cred_agent: Agent, moto_server: MotoServer) -> None:  # noqa: F811
     secret = secrets.token_hex(20)
-    with moto_server.enforce_auth():
-        ran = cred_agent("config", "--check", "--run-id", "r1", "--role-arn", TARGET_ROLE,
-                         env={"AWS_ACCESS_KEY_ID": "AKIANOTAREALKEY00001",
-                              "AWS_SECRET_ACCESS_KEY": secret})
+    ran = cred_agent("config", "--check", "--run-id", "r1", "--role-arn", NO_SUCH_ROLE,
+                     env={"AWS_ACCESS_KEY_ID": "AKIANOTAREALKEY00001",
+                          "AWS_SECRET_ACCESS_KEY": secret})
     assert_one_error_line(ran, 4, "AssumeRole", "InvalidClientTokenId", "base credentials")
     assert_clean(ran, cred_agent, moto_server, secret)
 
@@ -597,10 +677,9 @@ def test_bucket_access_denied_hints_at_the_policy(cred_agent: Agent, moto_server
     data = tmp_path / "d"
     data.mkdir()
     (data / "x.txt").write_text("x")
-    with moto_server.enforce_auth():
-        check = cred_agent("config", "--check", "--run-id", "r1", env=env)
-        put = cred_agent("put", "x.txt", "--run-id", "r1", "--step", "s", "--compute-data-folder",
-                         str(data), env=env)
+    check = cred_agent("config", "--check", "--run-id", "r1", env=env)
+    put = cred_agent("put", "x.txt", "--run-id", "r1", "--step", "s", "--compute-data-folder",
+                     str(data), env=env)
     rows = check_lines(check)
     assert rows["credentials"][0] == "ok" and rows["identity"][0] == "ok", rows
     assert rows["list"][0] == "FAILED" and rows["write"][0] == "FAILED", rows
@@ -612,44 +691,108 @@ def test_bucket_access_denied_hints_at_the_policy(cred_agent: Agent, moto_server
     assert_clean(put, cred_agent, moto_server, secret)
 
 
-class _DenyingSts(BaseHTTPRequestHandler):
-    """STS's documented AccessDenied reply to AssumeRoleWithWebIdentity.
+def _put_get(agent: Agent, run: str, data: Path, env: dict[str, str]) -> tuple[Ran, Ran]:
+    put = agent("put", "x.txt", "--run-id", run, "--step", "s", "--compute-data-folder",
+                str(data), env=env)
+    got = agent("get", "x.txt", "--run-id", run, "--compute-data-folder",
+                str(data.parent / f"in-{run}"), env=env)
+    return put, got
 
-    moto never denies a web identity (it checks no trust policy for it, and with auth
-    enforced it fails the unsigned call with a 500), so this one error comes from a stub
-    speaking STS's wire format.
-    """
 
-    body = (b'<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><Error>'
-            b'<Type>Sender</Type><Code>AccessDenied</Code><Message>Not authorized to perform '
-            b'sts:AssumeRoleWithWebIdentity</Message></Error><RequestId>c6104cbe-af31-11e0-8154'
-            b'-cbc7ccf896c7</RequestId></ErrorResponse>')
+def test_wrong_secret_is_refused(cred_agent: Agent, moto_server: MotoServer,  # noqa: F811
+                                 moto_bucket: str, tmp_path: Path) -> None:
+    """A real key with another secret: S3 and STS refuse the signature; exit 4, one line."""
+    _, key, secret = make_user(moto_server, unique("signer"), ["s3:*"])
+    wrong = secret[::-1]
+    data = tmp_path / "d"
+    _files(data, ["x.txt"])
+    right = {"AWS_ACCESS_KEY_ID": key, "AWS_SECRET_ACCESS_KEY": secret}
+    put, got = _put_get(cred_agent, "r-right", data, right)
+    assert (put.code, got.code) == (0, 0), put.output + got.output  # the same setup works
+    env = {**right, "AWS_SECRET_ACCESS_KEY": wrong}
+    put, got = _put_get(cred_agent, "r-wrong", data, env)
+    for ran in (put, got):
+        assert_one_error_line(ran, 4, "SignatureDoesNotMatch", "secret access key")
+        assert_clean(ran, cred_agent, moto_server, secret, wrong)
+    check = cred_agent("config", "--check", "--run-id", "r-wrong", env=env)
+    assert_one_error_line(check, 4, "GetCallerIdentity", "SignatureDoesNotMatch")
+    assert_clean(check, cred_agent, moto_server, secret, wrong)
+    assert not moto_server.client("s3").list_objects_v2(
+        Bucket=moto_bucket, Prefix="pipelines/r-wrong/").get("Contents")
 
-    def do_POST(self) -> None:  # noqa: N802
-        self.rfile.read(int(self.headers.get("Content-Length", "0")))
-        self.send_response(403)
-        self.send_header("Content-Type", "text/xml")
-        self.send_header("Content-Length", str(len(self.body)))
-        self.end_headers()
-        self.wfile.write(self.body)
 
-    def log_message(self, *_: Any) -> None:
-        pass
+def test_dropped_or_wrong_session_token_is_refused(cred_agent: Agent, moto_server: MotoServer,  # noqa: F811
+                                                   moto_bucket: str, tmp_path: Path) -> None:
+    """Temporary keys (ASIA...) without their session token, or with another session's."""
+    user_arn, key, secret = make_user(moto_server, unique("temp"), ["sts:AssumeRole"])
+    role = make_role(moto_server, unique("temp-role"), user_arn)
+    sts = moto_server.client("sts", key=key, secret=secret)
+    one, other = (sts.assume_role(RoleArn=role, RoleSessionName=f"tests-{n}")["Credentials"]
+                  for n in (1, 2))
+    data = tmp_path / "d"
+    _files(data, ["x.txt"])
+    session = {"AWS_ACCESS_KEY_ID": one["AccessKeyId"],
+               "AWS_SECRET_ACCESS_KEY": one["SecretAccessKey"],
+               "AWS_SESSION_TOKEN": one["SessionToken"]}
+    put, got = _put_get(cred_agent, "r-token", data, session)
+    assert (put.code, got.code) == (0, 0), put.output + got.output  # the whole session works
+    secrets_used = (secret, one["SecretAccessKey"], one["SessionToken"], other["SessionToken"])
+    dropped = {k: v for k, v in session.items() if k != "AWS_SESSION_TOKEN"}
+    put, got = _put_get(cred_agent, "r-dropped", data, dropped)
+    for ran in (put, got):
+        assert_one_error_line(ran, 4, "InvalidAccessKeyId", "session token")
+        assert_clean(ran, cred_agent, moto_server, *secrets_used)
+    swapped = {**session, "AWS_SESSION_TOKEN": other["SessionToken"]}
+    put, got = _put_get(cred_agent, "r-swapped", data, swapped)
+    for ran in (put, got):
+        assert_one_error_line(ran, 4, "InvalidToken", "session token")
+        assert_clean(ran, cred_agent, moto_server, *secrets_used)
+    stored = [o["Key"] for o in moto_server.client("s3").list_objects_v2(
+        Bucket=moto_bucket, Prefix="pipelines/").get("Contents", [])]
+    assert not [k for k in stored if "/r-dropped/" in k or "/r-swapped/" in k], stored
+
+
+def test_wrong_region_names_the_buckets_region_end_to_end(
+        cred_agent: Agent, moto_server: MotoServer, tmp_path: Path) -> None:  # noqa: F811
+    """A bucket in ap-southeast-2, the agent set to us-east-1: S3 redirects (301
+    PermanentRedirect, x-amz-bucket-region); get, put and ls stop with exit 4 and name the
+    bucket's region; with that region set, the same commands work."""
+    bucket = "far-" + secrets.token_hex(4)
+    moto_server.client("s3", region="ap-southeast-2").create_bucket(
+        Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": "ap-southeast-2"})
+    _, key, secret = make_user(moto_server, unique("traveller"), ["s3:*"])
+    data = tmp_path / "d"
+    _files(data, ["x.txt"])
+    env = {"AWS_ACCESS_KEY_ID": key, "AWS_SECRET_ACCESS_KEY": secret,
+           "CATALOG_AGENT_S3_BUCKET": bucket}
+    there = {**env, "CATALOG_AGENT_REGION": "ap-southeast-2"}
+    put, got = _put_get(cred_agent, "r-far", data, there)
+    assert (put.code, got.code) == (0, 0), put.output + got.output
+    stored = moto_server.client("s3", region="ap-southeast-2").list_objects_v2(Bucket=bucket)
+    before = sorted(o["Key"] for o in stored["Contents"])
+
+    put, got = _put_get(cred_agent, "r-near", data, env)  # region us-east-1 (cred_agent's)
+    listed = cred_agent("ls", "--run-id", "r-far", env=env)
+    for ran in (put, got, listed):
+        error = assert_one_error_line(ran, 4, f"wrong region for bucket {bucket!r}",
+                                      "PermanentRedirect", "set region: ap-southeast-2")
+        print(error["event"])
+        assert_clean(ran, cred_agent, moto_server, secret)
+    stored = moto_server.client("s3", region="ap-southeast-2").list_objects_v2(Bucket=bucket)
+    assert sorted(o["Key"] for o in stored["Contents"]) == before  # nothing written
+    assert not (data.parent / "in-r-near").exists() or \
+        not any((data.parent / "in-r-near").iterdir())
+    listed = cred_agent("ls", "--run-id", "r-far", env=there)
+    assert listed.code == 0 and "x.txt" in listed.stdout, listed.output
 
 
 def test_web_identity_denied_hints_at_the_trust_policy(cred_agent: Agent, irsa: dict[str, str],
                                                        moto_server: MotoServer) -> None:  # noqa: F811
-    server = HTTPServer(("127.0.0.1", 0), _DenyingSts)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        ran = cred_agent("config", "--check", "--run-id", "r1", "--sts-endpoint-url",
-                         f"http://127.0.0.1:{server.server_port}", env=irsa)
-    finally:
-        server.shutdown()
-        server.server_close()
+    """A role whose trust policy admits no web identity (it trusts an IAM user): STS refuses."""
+    role = make_role(moto_server, unique("no-oidc"), ADMIN_ARN)
+    ran = cred_agent("config", "--check", "--run-id", "r1", env={**irsa, "AWS_ROLE_ARN": role})
     error = assert_one_error_line(ran, 4, "AssumeRoleWithWebIdentity", "AccessDenied",
-                                  IRSA_ROLE, "trust policy")
+                                  role, "trust policy")
     assert "system:serviceaccount:" in error["event"]
     assert_clean(ran, cred_agent, moto_server)
 

@@ -337,7 +337,8 @@ def test_server_side_encryption_is_requested(moto_server, offline_agent, tmp_pat
                         "--server-side-encryption", mode, *extra, "--region", "us-east-1",
                         "--compute-data-folder", str(tmp_path / "out"),
                         env={"CATALOG_AGENT_ENDPOINT_URL": moto_server.endpoint,
-                             "AWS_ACCESS_KEY_ID": "AKIAFAKE", "AWS_SECRET_ACCESS_KEY": "fake"})
+                             "AWS_ACCESS_KEY_ID": moto_server.admin_key,
+                             "AWS_SECRET_ACCESS_KEY": moto_server.admin_secret})
     assert ran.code == 0, ran.output
     for key in ("r/a", "r/.catalog-agent/manifests/s.json"):
         head = s3.head_object(Bucket=bucket, Key=key)

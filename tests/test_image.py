@@ -198,7 +198,8 @@ def test_trimmed_image_assumes_a_role_by_web_identity_with_sts(agent_image, moto
     out = _data_folder(tmp_path / "out")
     (out / "result.txt").write_text("assumed\n")
     session = "image-irsa-" + secrets.token_hex(3)
-    env = {"AWS_ROLE_ARN": "arn:aws:iam::123456789012:role/catalog-agent",
+    role = moto_server.make_web_identity_role("catalog-agent-" + secrets.token_hex(3))
+    env = {"AWS_ROLE_ARN": role,
            "AWS_WEB_IDENTITY_TOKEN_FILE": "/var/run/secrets/eks/token",
            "AWS_ROLE_SESSION_NAME": session,
            "AWS_ENDPOINT_URL": moto_server.endpoint, "AWS_REGION": "us-east-1",
