@@ -220,10 +220,14 @@ def moto_tls_bucket(moto_tls_server) -> str:  # noqa: F811, ANN001
 
 
 def moto_agent(tmp_path: Path, server: Any, bucket: str, *settings: dict[str, str]) -> Agent:
+    """The agent as an IAM user of the server (which checks signatures) assuming a role."""
+    name = secrets.token_hex(4)
+    user_arn, key, secret = server.make_user(f"tls-base-{name}", ["sts:AssumeRole"])
+    role = server.make_role(f"tls-writer-{name}", user_arn)
     return tls_agent(tmp_path, server.endpoint, {
-        "AWS_ACCESS_KEY_ID": "AKIATLSTESTTLSTEST00", "AWS_SECRET_ACCESS_KEY": "s" * 40,
+        "AWS_ACCESS_KEY_ID": key, "AWS_SECRET_ACCESS_KEY": secret,
         "CATALOG_AGENT_S3_BUCKET": bucket, "CATALOG_AGENT_STS_ENDPOINT_URL": server.endpoint,
-        "CATALOG_AGENT_ROLE_ARN": "arn:aws:iam::123456789012:role/tls-writer"}, *settings)
+        "CATALOG_AGENT_ROLE_ARN": role}, *settings)
 
 
 def test_role_assumed_over_tls_then_put_get_and_check(moto_tls_server, moto_tls_bucket: str,  # noqa: F811, ANN001
@@ -236,7 +240,7 @@ def test_role_assumed_over_tls_then_put_get_and_check(moto_tls_server, moto_tls_
     statuses = {line.split()[0]: line.split()[1] for line in check.stdout.splitlines()}
     assert statuses == {"credentials": "ok", "identity": "ok", "list": "ok", "write": "ok",
                         "read": "ok", "delete": "ok"}, check.stdout
-    assert "assumed-role/tls-writer" in check.stdout
+    assert "assumed-role/tls-writer-" in check.stdout
 
     out, into = tmp_path / "out", tmp_path / "in"
     out.mkdir()
