@@ -6,6 +6,7 @@ the functions here turn them into a plan or a clear error, before a single byte 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
@@ -23,6 +24,15 @@ class Skipped:
 
     relative: str
     reason: str
+
+
+class Refused(IntegrityError):
+    """Matched paths that may not move (exit 6). The message names the first; ``refused``
+    holds them all, so that a dry run can list every one."""
+
+    def __init__(self, message: str, refused: list[Skipped]) -> None:
+        super().__init__(message)
+        self.refused = refused
 
 
 @dataclass(frozen=True)
@@ -44,6 +54,7 @@ class GetItem:
     expected_sha256: str | None  # None: stored by another tool, fetched unverified
     executable: bool
     unchanged: bool = False  # already present locally with the expected hash
+    expected_from: str = ""  # manifest, run log or object metadata; '' when unverified
 
 
 @dataclass(frozen=True)
@@ -72,10 +83,13 @@ def select_put(entries: list[LocalEntry], patterns: list[Pattern], *, allow_miss
     by_path = {e.relative: e for e in entries}
     files: list[LocalEntry] = []
     skipped: list[Skipped] = []
-    for relative in _select(by_path, patterns, allow_missing=allow_missing, where=where):
+    chosen = _select(by_path, patterns, allow_missing=allow_missing, where=where)
+    refused = [Skipped(r, by_path[r].kind) for r in chosen
+               if strict_links and by_path[r].kind in UNSAFE_LINKS]
+    if refused:
+        raise Refused(f"refusing to put {refused[0].relative!r}: {refused[0].reason}", refused)
+    for relative in chosen:
         entry = by_path[relative]
-        if entry.kind in UNSAFE_LINKS and strict_links:
-            raise IntegrityError(f"refusing to put {relative!r}: {entry.kind}")
         reason = unsafe_reason(relative)
         if entry.kind != FILE:
             skipped.append(Skipped(relative, entry.kind))
@@ -93,7 +107,7 @@ def plan_put(files: list[tuple[LocalEntry, str]], state: RunState) -> list[PutIt
         stored = state.objects.get(entry.relative)
         unchanged = (stored is not None and stored.size == entry.size
                      and state.catalog_sha256(entry.relative) == sha256)
-        items.append(PutItem(entry.relative, entry.path, state.run_prefix + entry.relative,
+        items.append(PutItem(entry.relative, entry.path, state.key(entry.relative),
                              entry.size, sha256, entry.executable, unchanged))
     return items
 
@@ -102,16 +116,19 @@ def select_get(state: RunState, patterns: list[Pattern], *, allow_missing: bool,
                where: str) -> list[GetItem]:
     """What a get fetches; any matched key that could leave the data folder stops it (exit 6)."""
     chosen = _select(state.objects, patterns, allow_missing=allow_missing, where=where)
+    refused = [Skipped(state.objects[r].key, reason) for r in chosen
+               if (reason := unsafe_reason(r))]
+    if refused:
+        raise Refused(f"refusing key {refused[0].relative!r}: {refused[0].reason}; nothing was "
+                      f"written", refused)
     items = []
     for relative in chosen:
         obj = state.objects[relative]
-        reason = unsafe_reason(relative)
-        if reason:
-            raise IntegrityError(f"refusing key {obj.key!r}: {reason}; nothing was written")
         record = state.recorded.get(relative)
-        items.append(GetItem(relative, obj.key, obj.size,
-                             record.sha256 if record else obj.sha256,
-                             record.executable if record else obj.executable))
+        expected, source = state.expected(relative)
+        items.append(GetItem(relative, obj.key, obj.size, expected,
+                             record.executable if record else obj.executable,
+                             expected_from=source))
     return items
 
 
@@ -125,17 +142,16 @@ def plan_get(items: list[GetItem], local_sha256: Callable[[str, int], str | None
     for item in items:
         unchanged = (item.expected_sha256 is not None
                      and local_sha256(item.relative, item.size) == item.expected_sha256)
-        planned.append(GetItem(item.relative, item.key, item.size, item.expected_sha256,
-                               item.executable, unchanged))
+        planned.append(dataclasses.replace(item, unchanged=unchanged))
     return planned
 
 
 def plan_sync(source: RunState, target_prefix: str) -> list[CopyItem]:
     """Server-side copies of every data object of one run into another run."""
-    items = []
-    for relative, obj in sorted(source.objects.items()):
-        reason = unsafe_reason(relative)
-        if reason:
-            raise IntegrityError(f"refusing to copy key {obj.key!r}: {reason}")
-        items.append(CopyItem(obj.key, target_prefix + relative, obj.size))
-    return items
+    ordered = sorted(source.objects.items())
+    refused = [Skipped(obj.key, reason) for relative, obj in ordered
+               if (reason := unsafe_reason(relative))]
+    if refused:
+        raise Refused(f"refusing to copy key {refused[0].relative!r}: {refused[0].reason}",
+                      refused)
+    return [CopyItem(obj.key, target_prefix + relative, obj.size) for relative, obj in ordered]
