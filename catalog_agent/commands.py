@@ -12,7 +12,7 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
-from catalog_agent import local, manifest, patterns, plan, run_state, transfer
+from catalog_agent import dryrun, local, manifest, patterns, plan, run_state, runlog, transfer
 from catalog_agent.config import Config, require_run
 from catalog_agent.errors import ConfigError, Interrupted
 from catalog_agent.hashing import sha256_file
@@ -85,7 +85,7 @@ def check_put(config: Config, given: tuple[str, ...]) -> None:
 
 
 def put(config: Config, given: tuple[str, ...], *, record: str | None,
-        cancel: threading.Event) -> dict[str, Any]:
+        cancel: threading.Event, dry_run: bool = False) -> dict[str, Any]:
     require_run(config, step=True)
     log = get_logger()
     wanted = _patterns(given, config.put, "put", config)
@@ -100,11 +100,13 @@ def put(config: Config, given: tuple[str, ...], *, record: str | None,
 
     store = open_store(config)
     try:
-        state = run_state.load(store, config.run_prefix)
+        state = run_state.load(store, config.run_prefix, config.key_layout.folder)
         same_size = [e.relative for e in files
                      if e.relative in state.objects and state.objects[e.relative].size == e.size]
         state = run_state.with_metadata(store, state, same_size)
         items = plan.plan_put(list(zip(files, hashes)), state)
+        if dry_run:
+            return dryrun.put(items, skipped, log)
         abort_stale = getattr(store, "abort_incomplete_uploads", None)
         stale = abort_stale(config.run_prefix, {i.key for i in items}) if abort_stale else 0
         if stale:
@@ -113,7 +115,8 @@ def put(config: Config, given: tuple[str, ...], *, record: str | None,
         result = transfer.put(store, items, concurrency=config.concurrency, cancel=cancel)
         location = _location(store, config)
         entries_out = [manifest.entry(i.relative, i.sha256, i.size, run_id=config.run_id,
-                                      location=location, stage="put", executable=i.executable)
+                                      location=location, stage="put", executable=i.executable,
+                                      in_run=state.layout.in_run(i.relative))
                        for i in items]
         doc = manifest.document(entries_out, run_id=config.run_id, step=config.step,
                                 command="put")
@@ -128,19 +131,22 @@ def put(config: Config, given: tuple[str, ...], *, record: str | None,
 
 
 def get(config: Config, given: tuple[str, ...], *, record: str | None,
-        cancel: threading.Event) -> dict[str, Any]:
+        cancel: threading.Event, dry_run: bool = False) -> dict[str, Any]:
     require_run(config)
     log = get_logger()
     wanted = _patterns(given, config.get, "get", config)
     folder = config.data_folder
     store = open_store(config)
     try:
-        state = run_state.load(store, config.run_prefix)
-        where = f"{store.location}/{config.run_prefix}"
+        state = run_state.load(store, config.run_prefix, config.key_layout.folder)
+        run_log = runlog.learn(config, store, state, log)
+        where = f"{store.location}/{config.key_layout.data_prefix}"
         candidates = plan.select_get(state, wanted, allow_missing=config.allow_missing,
                                      where=where)
         items = plan.plan_get(candidates, lambda rel, size: _stop_if(cancel) or
                               _local_sha256(folder, rel, size))
+        if dry_run:
+            return dryrun.get(items, log)
         result = transfer.get(store, folder, items, concurrency=config.concurrency,
                               cancel=cancel)
     finally:
@@ -152,12 +158,15 @@ def get(config: Config, given: tuple[str, ...], *, record: str | None,
         location = _location(store, config)
         entries_out = [manifest.entry(i.relative, i.expected_sha256 or "", i.size,
                                       run_id=config.run_id, location=location, stage="get",
-                                      executable=i.executable)
+                                      executable=i.executable,
+                                      in_run=state.layout.in_run(i.relative))
                        for i in items if i.expected_sha256]
         write_record(record, entries_out, command="get", run_id=config.run_id,
                      step=config.step)
+    from_log = sum(1 for i in items if i.expected_from == run_state.RUN_LOG and not i.unchanged)
     return _summary("get", result, unverified=len(result.unverified),
-                    retries=getattr(store, "retries", 0))
+                    retries=getattr(store, "retries", 0), run_log=run_log,
+                    verified_by_run_log=from_log)
 
 
 def _local_sha256(folder: Path, relative: str, size: int) -> str | None:
@@ -170,7 +179,8 @@ def _local_sha256(folder: Path, relative: str, size: int) -> str | None:
         return None
 
 
-def sync(config: Config, from_run: str, *, cancel: threading.Event) -> dict[str, Any]:
+def sync(config: Config, from_run: str, *, cancel: threading.Event,
+         dry_run: bool = False) -> dict[str, Any]:
     """Copy one run's catalog, manifests rewritten for the new run, server-side."""
     from catalog_agent.config import run_prefix, validate_name
 
@@ -183,6 +193,8 @@ def sync(config: Config, from_run: str, *, cancel: threading.Event) -> dict[str,
     try:
         source = run_state.load(store, source_prefix)
         items = plan.plan_sync(source, config.run_prefix)
+        if dry_run:
+            return dryrun.sync(items, len(source.manifests), log=get_logger())
         result = transfer.copy(store, items, concurrency=config.concurrency, cancel=cancel)
         # Manifests last, rewritten to name the new run: the copy is complete when they exist.
         for step, obj in source.manifests.items():
@@ -192,7 +204,8 @@ def sync(config: Config, from_run: str, *, cancel: threading.Event) -> dict[str,
             old = manifest.parse(raw, f"{store.location}/{obj.key}")
             new = [manifest.entry(e.name, e.data_hash, e.size, run_id=config.run_id,
                                   location=e.catalog_handler_location, stage=e.stage,
-                                  executable=e.executable) for e in old]
+                                  executable=e.executable, in_run=manifest.path_in_run(e))
+                   for e in old]
             doc = manifest.document(new, run_id=config.run_id, step=step, command="sync")
             doc["synced_from"] = from_run
             store.write_small(manifest_key(config.run_prefix, step), manifest.encode(doc))
@@ -206,14 +219,15 @@ def ls(config: Config, given: tuple[str, ...]) -> list[dict[str, Any]]:
     wanted = patterns.parse(given) if given else []
     store = open_store(config)
     try:
-        state = run_state.load(store, config.run_prefix)
+        state = run_state.load(store, config.run_prefix, config.key_layout.folder)
+        runlog.learn(config, store, state, get_logger())
     finally:
         store.close()
     rows = []
     for relative, obj in sorted(state.objects.items()):
         if wanted and not any(p.matches(relative) for p in wanted):
             continue
-        recorded = state.recorded.get(relative)
+        recorded = state.recorded.get(relative) or state.logged.get(relative)
         rows.append({"path": relative, "size": obj.size,
                      "sha256": state.catalog_sha256(relative) or "",
                      "step": recorded.step if recorded else ""})
