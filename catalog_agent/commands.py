@@ -146,7 +146,7 @@ def get(config: Config, given: tuple[str, ...], *, record: str | None,
         items = plan.plan_get(candidates, lambda rel, size: _stop_if(cancel) or
                               _local_sha256(folder, rel, size))
         if dry_run:
-            return dryrun.get(items, log)
+            return dryrun.get(items, log, head=store.head)
         result = transfer.get(store, folder, items, concurrency=config.concurrency,
                               cancel=cancel)
     finally:

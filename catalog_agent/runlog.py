@@ -33,7 +33,7 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 
-from catalog_agent.errors import ConfigError, IntegrityError, TransferError
+from catalog_agent.errors import AccessError, ConfigError, IntegrityError, TransferError
 
 if TYPE_CHECKING:
     from catalog_agent.config import Config
@@ -262,9 +262,10 @@ def learn(config: Config, catalog: Store, state: RunState, log: Any) -> str:
         return ""
     try:
         found = read(settings, config, catalog=catalog)
-    except OSError as exc:
-        raise TransferError(f"cannot read magnus run log {settings.location(config.run_id)}: "
-                            f"{exc.strerror or exc}") from None
+    except OSError as exc:  # a local log folder (file-system stores) that cannot be read
+        kind = AccessError if isinstance(exc, PermissionError) else TransferError
+        raise kind(f"cannot read magnus run log {settings.location(config.run_id)}: "
+                   f"{exc.strerror or exc}") from None
     if not found.found:
         log.info("no run log", location=found.location,
                  reason="files without a manifest stay unverified")

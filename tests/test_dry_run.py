@@ -95,6 +95,8 @@ def test_get_dry_run_plans_and_writes_nothing(agent: Agent, s3: Any, bucket: str
     assert agent("put", "**", "--run-id", "r", "--step", "s",
                  "--compute-data-folder", str(tmp_path / "out")).code == 0
     s3.put_object(Bucket=bucket, Key="r/foreign.txt", Body=b"another tool's\n")
+    s3.put_object(Bucket=bucket, Key="r/meta.txt", Body=b"m\n",  # a put stopped before its
+                  Metadata={"sha256": hashlib.sha256(b"m\n").hexdigest()})  # manifest
     before = objects(s3, bucket)
     into = tmp_path / "in" / "data"
     ran = agent("get", "**", "--run-id", "r", "--compute-data-folder", str(into), "--dry-run",
@@ -104,9 +106,10 @@ def test_get_dry_run_plans_and_writes_nothing(agent: Agent, s3: Any, bucket: str
     assert not (tmp_path / "rec.json").exists()
     plan = {e["path"]: e for e in plan_of(ran)}
     assert {p: (e["action"], e["verified_by"]) for p, e in plan.items()} == {
-        **{n: ("get", "manifest") for n in FILES}, "foreign.txt": ("get", "")}
+        **{n: ("get", "manifest") for n in FILES}, "foreign.txt": ("get", ""),
+        "meta.txt": ("get", "object metadata")}
     assert "unverified" in plan["foreign.txt"]["reason"]
-    assert (done(ran, "get")["planned_files"], done(ran, "get")["unverified"]) == (5, 1)
+    assert (done(ran, "get")["planned_files"], done(ran, "get")["unverified"]) == (6, 1)
 
     assert agent("get", "raw", "--run-id", "r", "--compute-data-folder", str(into)).code == 0
     (into / "raw" / "c.csv").write_bytes(b"edited locally\n")
