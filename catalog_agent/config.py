@@ -53,9 +53,10 @@ class Config:
     prefix: str = _key("", "Key prefix: runs live at <prefix>/<run_id>/.")
     catalog_location: str = _key(".catalog", "Folder of a file-system catalog.")
     compute_data_folder: str = _key("data/", "Local data folder of the step.", where=(CATALOG, STEP))
-    layout: str = _key("run", "Object keys: run is <prefix>/<run_id>/<path>; magnus adds the data "
-                              "folder's relative name, <prefix>/<run_id>/<compute_data_folder>/"
-                              "<path>, as magnus writes them.", kind="choice", choices=LAYOUTS)
+    layout: str = _key("run", "Object keys: run is <prefix>/<run_id>/<path>; magnus adds the "
+                              "data folder's relative name, <prefix>/<run_id>/"
+                              "<compute_data_folder>/<path>, as magnus writes them.",
+                       kind="choice", choices=LAYOUTS)
     get: tuple[str, ...] = _key((), "Patterns to get (comma-separated in the environment).",
                                 where=(STEP,), kind="list", flag=False)
     put: tuple[str, ...] = _key((), "Patterns to put (comma-separated in the environment).",

@@ -58,7 +58,8 @@ def make_files(folder: Path, names: list[str] = FILES, big: bool = False) -> dic
     """Random contents (never the same twice), written under ``folder``."""
     sent: dict[str, bytes] = {}
     for name in names:
-        sent[name] = b"" if name == "empty.txt" else secrets.token_bytes(1 + secrets.randbelow(5000))
+        size = 0 if name == "empty.txt" else 1 + secrets.randbelow(5000)
+        sent[name] = secrets.token_bytes(size)
     if big:  # above boto3's 8 MB multipart threshold: magnus uploads it in parts
         sent["raw/big.bin"] = secrets.token_bytes(9 * 1024 * 1024 + 17)
     for name, data in sent.items():

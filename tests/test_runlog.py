@@ -146,7 +146,8 @@ def test_manifest_first_then_run_log_then_unverified(offline_agent: Agent, tmp_p
     config = write_config(tmp_path / "c.json", tmp_path / "cat", {"type": "file-system"})
     (tmp_path / "pod" / "data").mkdir()
     (tmp_path / "pod" / "data" / "mine.txt").write_bytes(b"agent's\n")
-    assert pod("put", "mine.txt", "--config", str(config), "--run-id", "r1", "--step", "s").code == 0
+    put = pod("put", "mine.txt", "--config", str(config), "--run-id", "r1", "--step", "s")
+    assert put.code == 0, put.output
     plant(tmp_path / "cat", "r1", {"magnus.txt": b"magnus\n", "nobody.txt": b"?\n"})
     logs = tmp_path / "pod" / ".run_log_store"  # the default, in the working directory
     logs.mkdir()
