@@ -17,9 +17,13 @@ import click
 
 from catalog_agent import __version__
 from catalog_agent.config import KEYS, Config, describe, load
-from catalog_agent.errors import EXIT_CODES, EXIT_INTERNAL, EXIT_INTERRUPTED, AgentError
+from catalog_agent.errors import EXIT_CODES, EXIT_INTERNAL, EXIT_INTERRUPTED, AgentError, \
+    ConfigError
 from catalog_agent.record import write_termination_message
 
+MAX_REFUSED_LOGGED = 1000
+DRY_RUN_HELP = ("Plan only: list what would move, be skipped or be refused and why; write "
+                "nothing anywhere (same exit codes for no match and unsafe keys).")
 EPILOG = "\b\nExit codes:\n" + "\n".join(f"  {code:>3}  {text}" for code, text in EXIT_CODES.items())
 
 
@@ -66,7 +70,7 @@ def _early_logging(flags: dict[str, Any]) -> None:
 
 
 def run(command: str, body: Callable[[Config, threading.Event], dict[str, Any] | None],
-        config_path: str | None, flags: dict[str, Any]) -> None:
+        config_path: str | None, flags: dict[str, Any], *, dry_run: bool = False) -> None:
     """Load the configuration, run ``body``, log its summary, exit with the documented code."""
     from catalog_agent import logs
     from catalog_agent.credentials import secret_values
@@ -92,6 +96,9 @@ def run(command: str, body: Callable[[Config, threading.Event], dict[str, Any] |
         code = exc.exit_code
         summary.update(getattr(exc, "summary", None) or {})  # e.g. a lifecycle put's facts
         summary["error"] = str(exc)
+        if dry_run:  # the plan names every refused path, the error line the first
+            for item in getattr(exc, "refused", [])[:MAX_REFUSED_LOGGED]:
+                log.info("dry-run", action="refuse", path=item.relative, reason=item.reason)
         log.error(str(exc), error_kind=exc.kind, exit_code=code)
     except KeyboardInterrupt:
         code = EXIT_INTERRUPTED
@@ -136,6 +143,7 @@ def main() -> None:
 @main.command(epilog=EPILOG)
 @click.argument("patterns", nargs=-1)
 @click.option("--record", metavar="FILE", help="Write what was moved, in manifest fields.")
+@click.option("--dry-run", is_flag=True, help=DRY_RUN_HELP)
 @_key_options
 def get(**kwargs: Any) -> None:
     """Fetch files matching PATTERNS (or the step's get list) into the data folder."""
@@ -143,13 +151,15 @@ def get(**kwargs: Any) -> None:
 
     config_path, flags, own = _split(kwargs)
     run("get", lambda config, cancel: commands.get(config, own["patterns"],
-                                                   record=own["record"], cancel=cancel),
-        config_path, flags)
+                                                   record=own["record"], cancel=cancel,
+                                                   dry_run=own["dry_run"]),
+        config_path, flags, dry_run=own["dry_run"])
 
 
 @main.command(epilog=EPILOG)
 @click.argument("patterns", nargs=-1)
 @click.option("--record", metavar="FILE", help="Write what was moved, in manifest fields.")
+@click.option("--dry-run", is_flag=True, help=DRY_RUN_HELP)
 @click.option("--wait", is_flag=True,
               help="First wait for the main command's exit code (entrypoint wrapper), then put "
                    "according to --when. See docs/lifecycle.md.")
@@ -174,17 +184,20 @@ def put(**kwargs: Any) -> None:
 
     def body(config: Config, cancel: threading.Event) -> dict[str, Any]:
         def plain() -> dict[str, Any]:
-            return commands.put(config, own["patterns"], record=own["record"], cancel=cancel)
+            return commands.put(config, own["patterns"], record=own["record"], cancel=cancel,
+                                dry_run=own["dry_run"])
 
         mode = lifecycle.settings(wait=own["wait"], on_sigterm=own["on_sigterm"],
                                   status_dir=own["status_dir"], wait_timeout=own["wait_timeout"],
                                   stale_seconds=own["heartbeat_stale_seconds"])
         if mode is None:
             return plain()
+        if own["dry_run"]:
+            raise ConfigError("--dry-run plans a put now: it cannot wait (--wait, --on-sigterm)")
         commands.check_put(config, own["patterns"])  # before a wait that may last hours
         return lifecycle.run_put(config, mode, cancel, plain)
 
-    run("put", body, config_path, flags)
+    run("put", body, config_path, flags, dry_run=own["dry_run"])
 
 
 @main.command("install-entrypoint", epilog=EPILOG)
@@ -213,14 +226,16 @@ def install_entrypoint(directory: str) -> None:
 
 @main.command(epilog=EPILOG)
 @click.option("--from-run", required=True, help="Run whose catalog is copied into --run-id.")
+@click.option("--dry-run", is_flag=True, help=DRY_RUN_HELP)
 @_key_options
 def sync(**kwargs: Any) -> None:
     """Copy a previous run's catalog into this run, server-side (for re-runs)."""
     from catalog_agent import commands
 
     config_path, flags, own = _split(kwargs)
-    run("sync", lambda config, cancel: commands.sync(config, own["from_run"], cancel=cancel),
-        config_path, flags)
+    run("sync", lambda config, cancel: commands.sync(config, own["from_run"], cancel=cancel,
+                                                     dry_run=own["dry_run"]),
+        config_path, flags, dry_run=own["dry_run"])
 
 
 @main.command(epilog=EPILOG)

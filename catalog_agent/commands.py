@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from catalog_agent import local, manifest, patterns, plan, run_state, transfer
+from catalog_agent import dryrun, local, manifest, patterns, plan, run_state, runlog, transfer
 from catalog_agent.config import Config, require_run
 from catalog_agent.errors import ConfigError, Interrupted
 from catalog_agent.hashing import sha256_fd
@@ -60,7 +60,7 @@ def _data_folder(config: Config, *, create: bool) -> local.Folder | None:
 
 
 def put(config: Config, given: tuple[str, ...], *, record: str | None,
-        cancel: threading.Event) -> dict[str, Any]:
+        cancel: threading.Event, dry_run: bool = False) -> dict[str, Any]:
     require_run(config, step=True)
     log = get_logger()
     wanted = _patterns(given, config.put, "put", config)
@@ -75,16 +75,21 @@ def put(config: Config, given: tuple[str, ...], *, record: str | None,
         _stop_if(cancel)
         store = open_store(config, cancel)
         try:
-            items, unstorable = plan.plan_put(files, config.run_prefix,
+            layout = config.key_layout
+            items, unstorable = plan.plan_put(files, layout.key,
                                               max_object_size=store.max_object_size,
                                               max_key_bytes=store.max_key_bytes)
             for item in unstorable:
                 log.warning("skipped", path=item.relative, reason=item.reason)
             skipped += unstorable
-            state = run_state.load(store, config.run_prefix)
+            state = run_state.load(store, config.run_prefix, layout.folder)
             same_size = [e.relative for e in files
                          if e.relative in state.objects and state.objects[e.relative].size == e.size]
             state = run_state.with_metadata(store, state, same_size)
+            if dry_run:
+                assert folder is not None or not items
+                return dryrun.put(transfer.hash_for_plan(store, folder, items, state,  # type: ignore[arg-type]
+                                                         cancel=cancel), skipped, log)
             abort_stale = getattr(store, "abort_incomplete_uploads", None)
             stale = abort_stale(config.run_prefix, {i.key for i in items}) if abort_stale else 0
             if stale:
@@ -96,7 +101,8 @@ def put(config: Config, given: tuple[str, ...], *, record: str | None,
             location = _location(store, config)
             entries_out = [manifest.entry(s.relative, s.sha256, s.size, run_id=config.run_id,
                                           location=location, stage="put",
-                                          executable=s.executable)
+                                          executable=s.executable,
+                                          in_run=layout.in_run(s.relative))
                            for s in stored]
             doc = manifest.document(entries_out, run_id=config.run_id, step=config.step,
                                     command="put")
@@ -114,19 +120,31 @@ def put(config: Config, given: tuple[str, ...], *, record: str | None,
 
 
 def get(config: Config, given: tuple[str, ...], *, record: str | None,
-        cancel: threading.Event) -> dict[str, Any]:
+        cancel: threading.Event, dry_run: bool = False) -> dict[str, Any]:
     require_run(config)
     log = get_logger()
     wanted = _patterns(given, config.get, "get", config)
     store = open_store(config, cancel)
     folder: local.Folder | None = None
     try:
-        state = run_state.load(store, config.run_prefix)
-        where = f"{store.location}/{config.run_prefix}"
+        state = run_state.load(store, config.run_prefix, config.key_layout.folder)
+        run_log = runlog.learn(config, store, state, log)
+        where = f"{store.location}/{config.key_layout.data_prefix}"
         candidates = plan.select_get(state, wanted, allow_missing=config.allow_missing,
-                                     where=where, strict_verify=config.strict_verify)
-        folder = _data_folder(config, create=bool(candidates))
-        present = folder
+                                     where=where, strict_verify=False)
+        if config.strict_verify:
+            # An object nothing records may still carry its own hash: learn it (one HEAD each,
+            # only those), so that strict refuses exactly what the get could not verify.
+            unrecorded = [i.relative for i in candidates if i.expected_sha256 is None]
+            if unrecorded:
+                state = run_state.with_metadata(store, state, unrecorded)
+            candidates = plan.select_get(state, wanted, allow_missing=config.allow_missing,
+                                         where=where, strict_verify=True)
+        if dry_run:
+            present = _data_folder(config, create=False)
+        else:
+            folder = _data_folder(config, create=bool(candidates))
+            present = folder
 
         def local_sha256(relative: str, size: int) -> str | None:
             _stop_if(cancel)
@@ -134,7 +152,13 @@ def get(config: Config, given: tuple[str, ...], *, record: str | None,
                 return None
             return present.read_hash(relative, size, sha256_fd)
 
-        items = plan.plan_get(candidates, local_sha256)
+        try:
+            items = plan.plan_get(candidates, local_sha256)
+        finally:
+            if dry_run and present is not None:
+                present.close()
+        if dry_run:
+            return dryrun.get(items, log, head=store.head)
         result = transfer.get(store, folder, items,  # type: ignore[arg-type]
                               concurrency=config.concurrency, cancel=cancel)
     finally:
@@ -148,15 +172,19 @@ def get(config: Config, given: tuple[str, ...], *, record: str | None,
         location = _location(store, config)
         entries_out = [manifest.entry(i.relative, i.expected_sha256 or "", i.size,
                                       run_id=config.run_id, location=location, stage="get",
-                                      executable=i.executable)
+                                      executable=i.executable,
+                                      in_run=state.layout.in_run(i.relative))
                        for i in items if i.expected_sha256]
         write_record(record, entries_out, command="get", run_id=config.run_id,
                      step=config.step)
+    from_log = sum(1 for i in items if i.expected_from == run_state.RUN_LOG and not i.unchanged)
     return _summary("get", result, unverified=len(result.unverified),
-                    retries=getattr(store, "retries", 0))
+                    retries=getattr(store, "retries", 0), run_log=run_log,
+                    verified_by_run_log=from_log)
 
 
-def sync(config: Config, from_run: str, *, cancel: threading.Event) -> dict[str, Any]:
+def sync(config: Config, from_run: str, *, cancel: threading.Event,
+         dry_run: bool = False) -> dict[str, Any]:
     """Copy one run's catalog, manifests rewritten for the new run, server-side."""
     from catalog_agent.config import run_prefix, validate_name
 
@@ -169,6 +197,8 @@ def sync(config: Config, from_run: str, *, cancel: threading.Event) -> dict[str,
     try:
         source = run_state.load(store, source_prefix)
         items = plan.plan_sync(source, config.run_prefix)
+        if dry_run:
+            return dryrun.sync(items, len(source.manifests), log=get_logger())
         result = transfer.copy(store, items, concurrency=config.concurrency, cancel=cancel)
         # Manifests last, rewritten to name the new run: the copy is complete when they exist.
         for step, obj in source.manifests.items():
@@ -178,7 +208,8 @@ def sync(config: Config, from_run: str, *, cancel: threading.Event) -> dict[str,
             old = manifest.parse(raw, f"{store.location}/{obj.key}")
             new = [manifest.entry(e.name, e.data_hash, e.size, run_id=config.run_id,
                                   location=e.catalog_handler_location, stage=e.stage,
-                                  executable=e.executable) for e in old]
+                                  executable=e.executable, in_run=manifest.path_in_run(e))
+                   for e in old]
             doc = manifest.document(new, run_id=config.run_id, step=step, command="sync")
             doc["synced_from"] = from_run
             store.write_small(manifest_key(config.run_prefix, step), manifest.encode(doc))
@@ -192,14 +223,15 @@ def ls(config: Config, given: tuple[str, ...]) -> list[dict[str, Any]]:
     wanted = patterns.parse(given) if given else []
     store = open_store(config)
     try:
-        state = run_state.load(store, config.run_prefix)
+        state = run_state.load(store, config.run_prefix, config.key_layout.folder)
+        runlog.learn(config, store, state, get_logger())
     finally:
         store.close()
     rows = []
     for relative, obj in sorted(state.objects.items()):
         if wanted and not any(p.matches(relative) for p in wanted):
             continue
-        recorded = state.recorded.get(relative)
+        recorded = state.recorded.get(relative) or state.logged.get(relative)
         rows.append({"path": relative, "size": obj.size,
                      "sha256": state.catalog_sha256(relative) or "",
                      "step": recorded.step if recorded else ""})

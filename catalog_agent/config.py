@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from catalog_agent.errors import ConfigError
+from catalog_agent.layout import LAYOUTS, Layout, for_run, magnus_folder
+from catalog_agent.runlog import RunLogStore, parse_settings
 
 DEFAULT_CONFIG_PATH = "/etc/catalog-agent/config.yaml"
 ENV_PREFIX = "CATALOG_AGENT_"
@@ -51,6 +53,10 @@ class Config:
     prefix: str = _key("", "Key prefix: runs live at <prefix>/<run_id>/.")
     catalog_location: str = _key(".catalog", "Folder of a file-system catalog.")
     compute_data_folder: str = _key("data/", "Local data folder of the step.", where=(CATALOG, STEP))
+    layout: str = _key("run", "Object keys: run is <prefix>/<run_id>/<path>; magnus adds the "
+                              "data folder's relative name, <prefix>/<run_id>/"
+                              "<compute_data_folder>/<path>, as magnus writes them.",
+                       kind="choice", choices=LAYOUTS)
     get: tuple[str, ...] = _key((), "Patterns to get (comma-separated in the environment).",
                                 where=(STEP,), kind="list", flag=False)
     put: tuple[str, ...] = _key((), "Patterns to put (comma-separated in the environment).",
@@ -109,10 +115,17 @@ class Config:
                           choices=("debug", "info", "warning", "error"))
 
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+    # magnus's run_log_store section (file only): where get finds the hashes magnus recorded.
+    run_log_store: RunLogStore | None = field(default=None, compare=False, repr=False)
 
     @property
     def data_folder(self) -> Path:
         return Path(self.compute_data_folder)
+
+    @property
+    def key_layout(self) -> Layout:
+        """Where the data folder's files live in this run's catalog (layout run or magnus)."""
+        return for_run(self.layout, self.compute_data_folder, self.run_prefix)
 
     @property
     def run_prefix(self) -> str:
@@ -146,7 +159,7 @@ class KeySpec:
 KEYS: dict[str, KeySpec] = {
     f.name: KeySpec(name=f.name, default=f.default, **f.metadata)
     for f in dataclasses.fields(Config)
-    if f.name != "sources"
+    if f.name not in {"sources", "run_log_store"}
 }
 
 # Environment variables that are not keys but belong to the agent.
@@ -398,7 +411,8 @@ def load(*, config_path: str | None = None, flags: Mapping[str, Any] | None = No
             validate_name(name.replace("_", " "), values[name], sources[name])
         elif name in values:
             raise ConfigError(f"{name.replace('_', ' ')} is empty (from {sources[name]})")
-    config = Config(**values, sources=sources)
+    run_log_store = parse_settings(document.get("run_log_store"), f"file {path}")
+    config = Config(**values, sources=sources, run_log_store=run_log_store)
     _cross_check(config)
     return config
 
@@ -420,6 +434,8 @@ def _cross_check(config: Config) -> None:
             raise ConfigError(f"{name}: expected an http(s) URL (from {src[name]})")
     if not config.compute_data_folder:
         raise ConfigError(f"compute_data_folder is empty (from {src['compute_data_folder']})")
+    if config.layout == "magnus":
+        magnus_folder(config.compute_data_folder, src["compute_data_folder"])
 
 
 def require_run(config: Config, *, step: bool = False) -> None:

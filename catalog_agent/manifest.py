@@ -44,8 +44,17 @@ def handler_location(store_location: str, prefix: str) -> str:
 
 
 def entry(name: str, sha256: str, size: int, *, run_id: str, location: str, stage: str,
-          executable: bool) -> Entry:
-    return Entry(name, sha256, size, f"{run_id}/{name}", location, stage, executable)
+          executable: bool, in_run: str | None = None) -> Entry:
+    """``in_run``: the file's path in the run when it differs from ``name`` (layout magnus:
+    ``<compute_data_folder>/<name>``); ``catalog_relative_path`` is ``<run_id>/<in_run>``."""
+    return Entry(name, sha256, size, f"{run_id}/{in_run or name}", location, stage, executable)
+
+
+def path_in_run(e: Entry) -> str:
+    """Where an entry's object lies in its run: ``catalog_relative_path`` without the run id
+    (manifests written before layouts existed and synced ones hold ``<run_id>/<name>``)."""
+    head, sep, rest = e.catalog_relative_path.partition("/")
+    return rest if sep and head and rest else e.name
 
 
 def document(entries: Iterable[Entry], *, run_id: str, step: str, command: str) -> dict[str, Any]:

@@ -1,11 +1,16 @@
-"""Path patterns: one rule for get and put.
+"""Path patterns: one rule for get, put and ls, the README's table.
 
 - ``*`` and ``?`` match within one path segment (never across ``/``);
-- ``**`` as a whole segment matches any number of segments, none included;
-- a pattern matching a directory takes everything under it;
+- ``**`` as a whole segment matches any number of folders (none included); as the last
+  segment it matches everything below (``raw/**``, ``**``);
+- a wildcard in the last segment matches files only: ``*`` is the top-level files, and
+  ``*.csv`` never takes the contents of a folder named ``x.csv`` (as magnus's put, whose
+  pathlib glob skips folders);
+- a folder is taken whole only when the pattern names it (``raw``, ``raw/``, ``**/raw``: a last
+  segment without wildcards) or says so (``raw/**``);
 - nothing under the reserved ``.catalog-agent/`` folder ever matches.
 
-Paths are POSIX-style and relative to the compute data folder (put) or to the run (get).
+Paths are POSIX-style and relative to the compute data folder.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from catalog_agent.errors import ConfigError
 
 RESERVED = ".catalog-agent"
 MAX_PATTERN_LENGTH = 1024
+ANY = "**"
 
 
 @dataclass(frozen=True)
@@ -29,32 +35,49 @@ class Pattern:
         """``**`` kept as the string, every other segment compiled (validated on first use)."""
         return compile_pattern(self.text)
 
-    def matches(self, path: str) -> bool:
-        """True when the pattern matches ``path`` or one of its parent directories.
+    @cached_property
+    def names_folder(self) -> bool:
+        """True when the last segment is a plain name: a folder of that name is taken whole."""
+        return not has_wildcard(_normalise(self.text)[-1])
 
-        Segments are matched by dynamic programming over (pattern segment, path segment), so
-        no pattern, however many ``**`` or ``*`` it holds, can take more than
+    @cached_property
+    def folder_only(self) -> bool:
+        """``raw/``: the trailing slash says raw is a folder, so a file named raw is not taken."""
+        return self.names_folder and self.text.rstrip().endswith("/")
+
+    def matches(self, path: str) -> bool:
+        """True when the pattern matches the file ``path``.
+
+        The positions in ``path`` reachable after each pattern segment are carried forward as a
+        set, so no pattern, however many ``**`` or ``*`` it holds, costs more than
         O(pattern segments x path segments) segment matches.
         """
         if is_reserved(path):
             return False
-        pattern = self.segments
         names = path.split("/")
-        count, total = len(pattern), len(names)
-        # ok[i][j]: pattern[i:] matches some prefix of names[j:] of at least one name, or
-        # (i == count) the names before j were all consumed and j >= 1 (a parent matched).
-        following = [j >= 1 for j in range(total + 1)]
-        for i in range(count - 1, -1, -1):
-            segment = pattern[i]
-            current = [False] * (total + 1)
-            for j in range(total, -1, -1):
-                if segment == "**":
-                    current[j] = following[j] or (j < total and current[j + 1])
-                else:
-                    current[j] = (j < total and following[j + 1]
-                                  and segment.fullmatch(names[j]) is not None)  # type: ignore[union-attr]
-            following = current
-        return following[0]
+        total = len(names)
+        reach = {0}
+        last = len(self.segments) - 1
+        for index, segment in enumerate(self.segments):
+            if not reach:
+                return False
+            if segment == ANY:
+                # Inside a pattern: any number of folders, none included. Last: everything
+                # below, so at least one more name (the file itself).
+                start = min(reach) + (1 if index == last else 0)
+                reach = set(range(start, total + 1)) if index < last else \
+                    ({total} if start <= total else set())
+            else:
+                reach = {j + 1 for j in reach
+                         if j < total and segment.fullmatch(names[j]) is not None}  # type: ignore[union-attr]
+        if total in reach and not self.folder_only:
+            return True
+        # A plain last segment that matched a folder on the way takes the folder whole.
+        return self.names_folder and any(0 < j < total for j in reach)
+
+
+def has_wildcard(segment: str) -> bool:
+    return "*" in segment or "?" in segment
 
 
 def is_reserved(path: str) -> bool:
@@ -74,23 +97,24 @@ def _normalise(text: str) -> list[str]:
     segments = [seg for seg in stripped.split("/") if seg not in {"", "."}]
     if any(seg == ".." for seg in segments):
         raise ConfigError(f"pattern {text!r} contains a '..' segment")
+    if text.rstrip().endswith("/") and segments and segments[-1] != ANY and \
+            has_wildcard(segments[-1]):
+        raise ConfigError(f"pattern {text!r} ends with '/' after a wildcard, which would name "
+                          f"folders by a wildcard: write {stripped + '/**'!r} for everything in "
+                          f"those folders, or {stripped!r} for files")
     # Consecutive ** segments mean the same as one: collapsing them keeps matching linear.
     collapsed: list[str] = []
     for seg in segments:
-        if seg == "**" and collapsed and collapsed[-1] == "**":
+        if seg == ANY and collapsed and collapsed[-1] == ANY:
             continue
         collapsed.append(seg)
     if not collapsed:
-        collapsed = ["**"]
+        collapsed = [ANY]
     return collapsed
 
 
 def compile_pattern(text: str) -> tuple[str | re.Pattern[str], ...]:
-    segments = _normalise(text)
-    if len(segments) > 1 and segments[-1] == "**":
-        # "raw/**" means what is inside raw, not raw itself; parents already match by prefix.
-        segments[-1] = "*"
-    return tuple(seg if seg == "**" else _compile_segment(seg) for seg in segments)
+    return tuple(seg if seg == ANY else _compile_segment(seg) for seg in _normalise(text))
 
 
 def _compile_segment(segment: str) -> re.Pattern[str]:

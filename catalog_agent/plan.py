@@ -6,6 +6,7 @@ the functions here turn them into a plan or a clear error, before a single byte 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
@@ -22,6 +23,15 @@ class Skipped:
 
     relative: str
     reason: str
+
+
+class Refused(IntegrityError):
+    """Matched paths that may not move (exit 6). The message names the first; ``refused``
+    holds them all, so that a dry run can list every one."""
+
+    def __init__(self, message: str, refused: list[Skipped]) -> None:
+        super().__init__(message)
+        self.refused = refused
 
 
 @dataclass(frozen=True)
@@ -59,6 +69,7 @@ class GetItem:
     expected_sha256: str | None  # None: stored by another tool, fetched unverified
     executable: bool
     unchanged: bool = False  # already present locally with the expected hash
+    expected_from: str = ""  # manifest, run log or object metadata; '' when unverified
 
 
 @dataclass(frozen=True)
@@ -87,10 +98,13 @@ def select_put(entries: list[LocalEntry], patterns: list[Pattern], *, allow_miss
     by_path = {e.relative: e for e in entries}
     files: list[LocalEntry] = []
     skipped: list[Skipped] = []
-    for relative in _select(by_path, patterns, allow_missing=allow_missing, where=where):
+    chosen = _select(by_path, patterns, allow_missing=allow_missing, where=where)
+    refused = [Skipped(r, by_path[r].kind) for r in chosen
+               if strict_links and by_path[r].kind in UNSAFE_LINKS]
+    if refused:
+        raise Refused(f"refusing to put {refused[0].relative!r}: {refused[0].reason}", refused)
+    for relative in chosen:
         entry = by_path[relative]
-        if entry.kind in UNSAFE_LINKS and strict_links:
-            raise IntegrityError(f"refusing to put {relative!r}: {entry.kind}")
         reason = unsafe_reason(relative)
         if entry.kind != FILE:
             skipped.append(Skipped(relative, entry.kind))
@@ -101,9 +115,11 @@ def select_put(entries: list[LocalEntry], patterns: list[Pattern], *, allow_miss
     return files, skipped
 
 
-def plan_put(files: list[LocalEntry], run_prefix: str, *, max_object_size: int | None,
+def plan_put(files: list[LocalEntry], key_of: Callable[[str], str], *,
+             max_object_size: int | None,
              max_key_bytes: int | None = None) -> tuple[list[PutItem], list[Skipped]]:
-    """Where each file goes, and the files whose key the store cannot hold (skipped, as names
+    """Where each file goes (``key_of``: the layout's key of a path in the data folder), and
+    the files whose key the store cannot hold (skipped, as names
     that are not keys are); a file too large for the store stops the put before anything is
     sent."""
     items, skipped = [], []
@@ -112,7 +128,7 @@ def plan_put(files: list[LocalEntry], run_prefix: str, *, max_object_size: int |
             raise TransferError(f"refusing to put {entry.relative!r}: {entry.size:,} bytes, more "
                                 f"than the {max_object_size:,} bytes an object may hold; "
                                 f"nothing was sent")
-        key = run_prefix + entry.relative
+        key = key_of(entry.relative)
         length = len(key.encode("utf-8"))
         if max_key_bytes is not None and length > max_key_bytes:
             skipped.append(Skipped(entry.relative, f"name not storable as a key: the key would "
@@ -135,19 +151,23 @@ def select_get(state: RunState, patterns: list[Pattern], *, allow_missing: bool,
     """What a get fetches; any matched key that could leave the data folder stops it (exit 6),
     and with ``strict_verify`` so does any object with no recorded hash to check it against."""
     chosen = _select(state.objects, patterns, allow_missing=allow_missing, where=where)
+    refused = [Skipped(state.objects[r].key, reason) for r in chosen
+               if (reason := unsafe_reason(r))]
+    if refused:
+        raise Refused(f"refusing key {refused[0].relative!r}: {refused[0].reason}; nothing was "
+                      f"written", refused)
     items = []
     for relative in chosen:
         obj = state.objects[relative]
-        reason = unsafe_reason(relative)
-        if reason:
-            raise IntegrityError(f"refusing key {obj.key!r}: {reason}; nothing was written")
         record = state.recorded.get(relative)
-        expected = record.sha256 if record else obj.sha256
+        expected, source = state.expected(relative)
         if expected is None and strict_verify:
-            raise IntegrityError(f"refusing {obj.key!r}: no manifest or metadata records its "
-                                 f"hash, and strict_verify is on; nothing was written")
+            raise IntegrityError(f"refusing {obj.key!r}: no manifest, run log or object metadata "
+                                 f"records its hash, and strict_verify is on; nothing was "
+                                 f"written")
         items.append(GetItem(relative, obj.key, obj.size, expected,
-                             record.executable if record else obj.executable))
+                             record.executable if record else obj.executable,
+                             expected_from=source))
     return items
 
 
@@ -161,17 +181,16 @@ def plan_get(items: list[GetItem], local_sha256: Callable[[str, int], str | None
     for item in items:
         unchanged = (item.expected_sha256 is not None
                      and local_sha256(item.relative, item.size) == item.expected_sha256)
-        planned.append(GetItem(item.relative, item.key, item.size, item.expected_sha256,
-                               item.executable, unchanged))
+        planned.append(dataclasses.replace(item, unchanged=unchanged))
     return planned
 
 
 def plan_sync(source: RunState, target_prefix: str) -> list[CopyItem]:
     """Server-side copies of every data object of one run into another run."""
-    items = []
-    for relative, obj in sorted(source.objects.items()):
-        reason = unsafe_reason(relative)
-        if reason:
-            raise IntegrityError(f"refusing to copy key {obj.key!r}: {reason}")
-        items.append(CopyItem(obj.key, target_prefix + relative, obj.size))
-    return items
+    ordered = sorted(source.objects.items())
+    refused = [Skipped(obj.key, reason) for relative, obj in ordered
+               if (reason := unsafe_reason(relative))]
+    if refused:
+        raise Refused(f"refusing to copy key {refused[0].relative!r}: {refused[0].reason}",
+                      refused)
+    return [CopyItem(obj.key, target_prefix + relative, obj.size) for relative, obj in ordered]

@@ -287,6 +287,24 @@ def put(store: Store, folder: Folder, items: list[PutItem], state: RunState, *,
     return result, [r for r in recorded if r is not None]
 
 
+def hash_for_plan(store: Store, folder: Folder, items: list[PutItem], state: RunState, *,
+                  cancel: threading.Event) -> list[tuple[PutItem, str, bool]]:
+    """(item, its SHA-256, whether the catalog already holds it) for a dry run: each file read
+    as the real put would read it, nothing sent."""
+    planned = []
+    for item in items:
+        if cancel.is_set():
+            raise Interrupted("stopped before the transfer started; nothing was written")
+        opened = folder.open_file(item.entry)
+        try:
+            sha256 = digest_file(opened.fd, opened.size, cancel=cancel).sha256
+            opened.check_unchanged()
+        finally:
+            opened.close()
+        planned.append((item, sha256, plan.already_stored(item, sha256, opened.size, state)))
+    return planned
+
+
 def get(store: Store, folder: Folder, items: list[GetItem], *, concurrency: int,
         cancel: threading.Event) -> Result:
     """Fetch every item not already present; each file appears only verified and complete."""

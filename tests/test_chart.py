@@ -23,6 +23,7 @@ import yaml
 
 from catalog_agent.config import CATALOG, DEFAULT_CONFIG_PATH, KEYS, OTHER_ENV, STEP
 from catalog_agent import __version__
+from test_magnus import interop, magnus_bin  # noqa: F401 - fixtures: the real magnus
 
 REPO = Path(__file__).resolve().parents[1]
 CHART = REPO / "charts" / "catalog-agent"
@@ -296,7 +297,8 @@ def test_notes_tell_what_was_installed(helm: str) -> None:
 
 # --- the examples and the named templates -----------------------------------------------------
 
-@pytest.mark.parametrize("name", ["job", "native-sidecar-pod", "argo-workflowtemplate"])
+@pytest.mark.parametrize("name", ["job", "native-sidecar-pod", "argo-workflowtemplate",
+                                  "magnus-job"])
 def test_example_charts_lint_strict(helm: str, example, name: str) -> None:  # noqa: ANN001
     done = run(helm, "lint", "--strict", str(example(name)))
     assert done.returncode == 0, done.stdout + done.stderr
@@ -327,6 +329,67 @@ def test_native_sidecar_pod_example(helm: str, kube_validate: str, example,  # n
     assert "restartPolicy" not in init[0] and "restartPolicy" not in init[1]
     assert pod["spec"]["terminationGracePeriodSeconds"] >= 60
     check_wiring(pod, docs)
+
+
+def test_magnus_job_example(helm: str, kube_validate: str, example, offline_agent,  # noqa: ANN001
+                            tmp_path: Path) -> None:
+    """layout magnus: every container runs in workingDir, where the relative data folder is the
+    data volume's mount point; the ConfigMap carries layout and run_log_store to the agent."""
+    docs = render(helm, example("magnus-job"))
+    kube_validate_docs(kube_validate, docs, tmp_path)
+    (job,) = of_kind(docs, "Job")
+    (configmap,) = of_kind(docs, "ConfigMap")
+    document = yaml.safe_load(configmap["data"]["config.yaml"])
+    assert document["catalog"]["config"]["layout"] == "magnus"
+    assert document["run_log_store"] == {"type": "s3", "config": {"s3_bucket": "my-catalog",
+                                                                  "prefix": "logs"}}
+    spec = pod_spec(job)
+    every = spec["initContainers"] + spec["containers"]
+    assert {c["name"]: c.get("workingDir") for c in every} == {
+        "catalog-get-entrypoint": "/work", "catalog-get": "/work", "main": "/work",
+        "catalog-put": "/work"}
+    data = next(v["name"] for v in spec["volumes"] if v["name"] == "catalog-agent-data")
+    for container in every:
+        mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+        assert mounts[data] == "/work/data", container["name"]
+    # The agent reads the rendered file as the pods would: keys under <run>/data/.
+    path = tmp_path / "config.yaml"
+    path.write_text(configmap["data"]["config.yaml"])
+    ran = offline_agent("config", "--json", "--config", str(path),
+                        env={"CATALOG_AGENT_STEP": "train"})
+    assert ran.code == 0, ran.output
+    effective = json.loads(ran.stdout)
+    assert (effective["layout"]["value"], effective["compute_data_folder"]["value"]) == (
+        "magnus", "data")
+    check_args_with_the_cli(agent_containers(every))
+
+
+@pytest.mark.parametrize("folder, mount", [("data", "/w/data"), ("./data/", "/w/data"),
+                                           (".", "/w"), ("a/b", "/w/a/b")])
+def test_magnus_layout_mounts_the_data_volume_under_the_working_directory(
+        helm: str, caller, folder: str, mount: str) -> None:  # noqa: ANN001
+    chart = caller(
+        'items:\n'
+        '  {{- include "catalog-agent.getInitContainer" (dict "ctx" $ca "step" "s" "runId" "r" '
+        '"installEntrypoint" false) | nindent 2 }}\n'
+        'main:\n'
+        '  workingDir: {{ include "catalog-agent.workingDir" $ca }}\n'
+        '  volumeMounts:\n'
+        '    {{- include "catalog-agent.mainVolumeMounts" (dict "ctx" $ca) | nindent 4 }}\n')
+    done = run(helm, "template", "rel", str(chart), "--show-only", "templates/pod.yaml",
+               "--set", "catalog-agent.catalog.config.layout=magnus",
+               "--set", "catalog-agent.workingDir=/w",
+               "--set", f"catalog-agent.catalog.config.compute_data_folder={folder}")
+    assert done.returncode == 0, done.stderr
+    rendered = yaml.safe_load(done.stdout)
+    (get,) = rendered["items"]
+    assert get["workingDir"] == "/w" and rendered["main"]["workingDir"] == "/w"
+    for mounts in (get["volumeMounts"], rendered["main"]["volumeMounts"]):
+        assert {m["name"]: m["mountPath"] for m in mounts}["catalog-agent-data"] == mount
+    plain = run(helm, "template", "rel", str(chart), "--show-only", "templates/pod.yaml",
+                "--set", "catalog-agent.catalog.config.compute_data_folder=/d")
+    assert plain.returncode == 0, plain.stderr
+    assert "workingDir" not in yaml.safe_load(plain.stdout)["items"][0]  # layout run: as before
 
 
 def check_wiring(workload: dict[str, Any], docs: list[dict[str, Any]]) -> None:
@@ -641,6 +704,44 @@ def test_rendered_job_with_a_failing_step_puts_nothing(helm: str, example, chart
     assert json.loads(put.message)["decision"] == "skipped", put.message
     assert keys_under(s3, bucket, f"pipelines/{run_id}/model/") == []
     assert keys_under(s3, bucket, f"pipelines/{run_id}/.catalog-agent/manifests/train") == []
+
+
+def test_rendered_magnus_job_verifies_magnus_files_and_puts_in_its_layout(
+        helm: str, example, chart_image: str, pod_runner, interop, s3_server,  # noqa: ANN001
+        s3: Any, bucket: str, tmp_path: Path) -> None:
+    """The real magnus puts the input (run log in S3); the rendered magnus-job pod gets it
+    verified from that run log, runs main in /work and puts under magnus's layout."""
+    interop.config()
+    source = interop.root / "src" / "raw"
+    source.mkdir(parents=True)
+    (source / "input.csv").write_bytes(b"a,1\nb,2\nc,3\n")
+    interop.magnus([{"name": "make", "command": "mkdir -p data && cp -R src/. data/",
+                     "catalog": {"put": ["**/*"]}}])
+    repository, tag = chart_image.rsplit(":", 1)
+    config = yaml.safe_load((interop.root / "config.yaml").read_text())
+    values = {
+        "runId": interop.run_id, "step": "train", "main": {"image": chart_image},
+        "catalog-agent": {
+            "image": {"repository": repository, "tag": tag, "pullPolicy": "Never"},
+            "catalog": {"config": {"s3_bucket": bucket, "prefix": "pipes", "region": "us-east-1",
+                                   "endpoint_url": s3_server.endpoint,
+                                   "addressing_style": "path"}},
+            "run_log_store": {"type": "s3", "config": config["run_log_store"]["config"]},
+            "envFrom": [{"secretRef": {"name": "s3-keys"}}]}}
+    path = tmp_path / "run-values.yaml"
+    path.write_text(yaml.safe_dump(values))
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3-keys"},
+              "stringData": {"AWS_ACCESS_KEY_ID": s3_server.access_key,
+                             "AWS_SECRET_ACCESS_KEY": s3_server.secret_key}}
+    docs = workload_objects(render(helm, example("magnus-job"), path))
+    result = pod_runner.run_pod(tmp_path / "pod", docs, [secret], timeout=300)
+    assert result.phase == "Succeeded", result.describe()
+    get = json.loads(result.status("catalog-get").message)
+    assert (get["files"], get["unverified"], get["verified_by_run_log"]) == (1, 0, 1), get
+    key = f"pipes/{interop.run_id}/data/model/lines.txt"
+    assert s3.get_object(Bucket=bucket, Key=key)["Body"].read().split() == [
+        b"3", b"data/raw/input.csv"]
+    assert json.loads(result.status("catalog-put").message)["exit_code"] == 0
 
 
 def test_helm_test_pod_reads_the_installed_config(helm: str, chart_image: str,  # noqa: ANN001

@@ -4,6 +4,7 @@ import pytest
 
 from catalog_agent import plan
 from catalog_agent.errors import IntegrityError, NoMatchError
+from catalog_agent.layout import Layout
 from catalog_agent.local import FILE, LINK_OUTSIDE, SPECIAL, LocalEntry
 from catalog_agent.patterns import parse
 from catalog_agent.run_state import Recorded, RunState
@@ -27,7 +28,7 @@ def entry(rel: str, kind: str = FILE, size: int = 3) -> LocalEntry:
 
 
 def test_put_marks_files_the_catalog_already_holds() -> None:
-    items, _ = plan.plan_put([entry("a"), entry("b"), entry("c")], "p/run/",
+    items, _ = plan.plan_put([entry("a"), entry("b"), entry("c")], Layout("p/run/").key,
                              max_object_size=None)
     s = state({"a": 3, "b": 3}, recorded={"a": H1, "b": H2})
     assert [(i.key, plan.already_stored(i, H1, 3, s)) for i in items] == [
@@ -36,7 +37,7 @@ def test_put_marks_files_the_catalog_already_holds() -> None:
 
 
 def test_put_uses_object_metadata_when_no_manifest_records_it() -> None:
-    (item,), _ = plan.plan_put([entry("a")], "p/run/", max_object_size=None)
+    (item,), _ = plan.plan_put([entry("a")], Layout("p/run/").key, max_object_size=None)
     assert plan.already_stored(item, H1, 3, state({"a": 3}, meta={"a": H1}))
 
 
@@ -46,14 +47,14 @@ def test_put_refuses_a_file_larger_than_the_store_holds_before_sending_anything(
 
     files = [entry("small"), entry("huge", size=MAX_OBJECT_SIZE + 1)]
     with pytest.raises(TransferError, match="'huge'.*nothing was sent"):
-        plan.plan_put(files, "p/run/", max_object_size=MAX_OBJECT_SIZE)
-    assert len(plan.plan_put([entry("at-limit", size=MAX_OBJECT_SIZE)], "p/run/",
+        plan.plan_put(files, Layout("p/run/").key, max_object_size=MAX_OBJECT_SIZE)
+    assert len(plan.plan_put([entry("at-limit", size=MAX_OBJECT_SIZE)], Layout("p/run/").key,
                              max_object_size=MAX_OBJECT_SIZE)[0]) == 1
 
 
 def test_put_skips_a_file_whose_key_the_store_cannot_hold() -> None:
     long_name = "d/" + "x" * 1100
-    items, skipped = plan.plan_put([entry("fine"), entry(long_name)], "p/run/",
+    items, skipped = plan.plan_put([entry("fine"), entry(long_name)], Layout("p/run/").key,
                                    max_object_size=None, max_key_bytes=1024)
     assert [i.key for i in items] == ["p/run/fine"]
     assert skipped[0].relative == long_name and "1108 bytes" in skipped[0].reason

@@ -25,6 +25,7 @@ Public templates and their parameters (README "Kubernetes usage" has the full ta
   catalog-agent.volumes            ctx [data=true]
   catalog-agent.mainVolumeMounts   ctx [data=true]
   catalog-agent.wrapCommand        ctx command
+  catalog-agent.workingDir         ctx (the chart context itself; for main with layout magnus)
   catalog-agent.serviceAccountName ctx (the chart context itself)
   catalog-agent.podSecurityContext ctx (the chart context itself)
   catalog-agent.imagePullSecrets   ctx (the chart context itself)
@@ -97,9 +98,35 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "catalog-agent.statusDir" -}}/var/run/catalog-agent{{- end }}
 {{- define "catalog-agent.entrypointPath" -}}/var/run/catalog-agent/entrypoint{{- end }}
 
-{{/* The data folder's mount path: the global compute_data_folder. */}}
+{{/* True (non-empty) when the catalog's keys follow magnus's layout. */}}
+{{- define "catalog-agent.magnusLayout" -}}
+{{- if eq (.Values.catalog.config.layout | default "run") "magnus" }}true{{ end }}
+{{- end }}
+
+{{/*
+The data folder's mount path: the global compute_data_folder; with layout magnus, that
+relative folder under workingDir (where the agent and magnus resolve it).
+*/}}
 {{- define "catalog-agent.dataDir" -}}
-{{- .Values.catalog.config.compute_data_folder | default "/data" }}
+{{- $folder := .Values.catalog.config.compute_data_folder | default "/data" }}
+{{- if include "catalog-agent.magnusLayout" . }}
+{{- $clean := $folder | trimPrefix "./" | trimSuffix "/" }}
+{{- if or (eq $clean ".") (eq $clean "") }}
+{{- .Values.workingDir }}
+{{- else }}
+{{- printf "%s/%s" (.Values.workingDir | trimSuffix "/") $clean }}
+{{- end }}
+{{- else }}
+{{- $folder }}
+{{- end }}
+{{- end }}
+
+{{/*
+Public: the working directory a pod's main container needs with layout magnus (where its
+relative data folder resolves), e.g. `workingDir: {{ include "catalog-agent.workingDir" $ca }}`.
+*/}}
+{{- define "catalog-agent.workingDir" -}}
+{{- .Values.workingDir }}
 {{- end }}
 
 {{/* Public: the pod-level securityContext for pods running the agent (a YAML mapping). */}}
@@ -158,6 +185,9 @@ securityContext:
   {{- toYaml . | nindent 2 }}
 {{- end }}
 terminationMessagePolicy: FallbackToLogsOnError
+{{- if include "catalog-agent.magnusLayout" $ctx }}
+workingDir: {{ $ctx.Values.workingDir }}
+{{- end }}
 volumeMounts:
   - name: catalog-agent-config
     mountPath: {{ include "catalog-agent.configDir" $ctx }}
