@@ -25,7 +25,7 @@ import hashlib
 import os
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from catalog_agent import tls
 from catalog_agent.errors import AccessError, AgentError
@@ -99,6 +99,33 @@ def session_name(run_id: str, step: str) -> str:
         digest = hashlib.sha256(raw.encode("utf-8")).hexdigest()[:8]
         name = name[:MAX_SESSION_NAME - 9] + "-" + digest
     return name
+
+
+def environment_keys(config: Config, environ: Mapping[str, str] | None = None
+                     ) -> tuple[str, str, str | None] | None:
+    """Keys given in variables, as the configuration would resolve them, found without botocore.
+
+    Importing botocore and resolving its chain costs most of a small get's start-up (about
+    0.1 s); when the answer is plain keys in the environment, that is known from the variables
+    alone. None: resolve as usual (a role, a profile, web identity, refreshable keys, or a
+    missing variable, whose clear error comes from the usual path).
+    """
+    environ = os.environ if environ is None else environ
+    if config.role_arn:
+        return None
+    if config.use_credentials:
+        access = environ.get(config.aws_access_key_name, "")
+        secret = environ.get(config.aws_secret_access_key_name, "")
+        token = environ.get(config.aws_session_key_name, "")
+    elif config.aws_profile or environ.get("AWS_CREDENTIAL_EXPIRATION"):
+        return None
+    else:  # botocore's chain starts with these variables, and stops there when both are set
+        access = environ.get("AWS_ACCESS_KEY_ID", "")
+        secret = environ.get("AWS_SECRET_ACCESS_KEY", "")
+        token = environ.get("AWS_SESSION_TOKEN", "") or environ.get("AWS_SECURITY_TOKEN", "")
+    if not (access and secret):
+        return None
+    return access, secret, token or None
 
 
 def make_session(config: Config) -> botocore.session.Session:

@@ -21,6 +21,7 @@ import errno
 import os
 import secrets
 import stat
+import threading
 from dataclasses import dataclass
 from typing import Callable, Generator, Iterator
 
@@ -43,6 +44,9 @@ PART_SUFFIX = ".catalog-agent.part"
 # A temporary name keeps at most this many bytes of the final name, so that it stays within
 # the 255-byte limit of a name whatever the final name is (multi-byte characters included).
 TEMPORARY_NAME_KEEPS = 64
+# Folders whose descriptors a Folder keeps open for the files that follow (more are opened and
+# closed per file): well under the usual 1,024 open files.
+FOLDER_CACHE = 256
 
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -231,10 +235,16 @@ class Folder:
     def __init__(self, shown: str, fd: int, *, hide_reserved: bool = True) -> None:
         self.shown = shown
         self.fd = fd
+        self._folders: dict[str, int] = {}  # descriptors of folders below, by path
+        self._lock = threading.Lock()
         self.hide_reserved = hide_reserved  # a data folder's .catalog-agent/ is never put
         self.real = _canonical(fd, os.path.realpath(shown))
 
     def close(self) -> None:
+        with self._lock:
+            folders, self._folders = list(self._folders.values()), {}
+        for fd in folders:
+            os.close(fd)
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
@@ -405,72 +415,88 @@ class Folder:
         return fd
 
     def _open(self, relative: str, flags: int, *, what: str) -> int:
-        """Open ``relative`` name by name below the folder, no symlink followed."""
+        """Open ``relative`` below the folder, name by name, no symlink followed."""
         parts = relative.split("/")
-        dir_fd = self.fd
+
+        def changed(where: str, exc: OSError, kind: str) -> Exception:
+            return _changed(what, where, exc, kind)
+
+        dir_fd, owned = self._folder_fd(parts[:-1], create=False, error=changed)
         try:
-            for index, part in enumerate(parts[:-1]):
-                try:
-                    child = os.open(part, OPEN_FOLDER, dir_fd=dir_fd)
-                except OSError as exc:
-                    raise _changed(what, "/".join(parts[:index + 1]), exc,
-                                   _kind(dir_fd, part)) from None
-                if dir_fd != self.fd:
-                    os.close(dir_fd)
-                dir_fd = child
             try:
                 return os.open(parts[-1], flags, dir_fd=dir_fd)
             except OSError as exc:
                 raise _changed(what, relative, exc, _kind(dir_fd, parts[-1])) from None
         finally:
-            if dir_fd != self.fd:
+            if owned:
                 os.close(dir_fd)
+
+    def _folder_fd(self, parts: list[str], *, create: bool,
+                   error: Callable[[str, OSError, str], Exception]) -> tuple[int, bool]:
+        """The descriptor of the folder ``parts`` below this one, and whether the caller must
+        close it. Opened name by name with O_NOFOLLOW (made 0755 when ``create``), and kept
+        for the next file of the same folder: a get or put of thousands of files in a few
+        folders opens each folder once, not once per file. (A cached folder stays the one that
+        was opened, even if the step renames it meanwhile: nothing is ever reached through a
+        name the step changed.)"""
+        if not parts:
+            return self.fd, False
+        key = "/".join(parts)
+        with self._lock:
+            cached = self._folders.get(key)
+        if cached is not None:
+            return cached, False
+        parent, parent_owned = self._folder_fd(parts[:-1], create=create, error=error)
+        name = parts[-1]
+        try:
+            try:
+                child = os.open(name, OPEN_FOLDER, dir_fd=parent)
+            except FileNotFoundError as exc:
+                if not create:
+                    raise error(key, exc, "") from None
+                try:
+                    _make_folder(parent, name)
+                    child = os.open(name, OPEN_FOLDER, dir_fd=parent)
+                except OSError as again:
+                    raise error(key, again, _kind(parent, name)) from None
+            except OSError as exc:
+                raise error(key, exc, _kind(parent, name)) from None
+        finally:
+            if parent_owned:
+                os.close(parent)
+        with self._lock:
+            if key in self._folders:  # opened meanwhile by another caller: keep one
+                os.close(child)
+                return self._folders[key], False
+            if len(self._folders) < FOLDER_CACHE:
+                self._folders[key] = child
+                return child, False
+        return child, True
 
     # --- writing (get) ---
 
     def create(self, relative: str) -> Incoming:
         """A new temporary file beside ``relative``'s final name, its folders made on the way."""
-        parent, name = self._parent(relative)
+        parts = relative.split("/")
+
+        def unwritable(where: str, exc: OSError, kind: str) -> Exception:
+            return _unwritable(relative, where, exc, kind)
+
+        parent, owned = self._folder_fd(parts[:-1], create=True, error=unwritable)
         try:
-            temporary = temporary_name(name)
+            temporary = temporary_name(parts[-1])
             fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC,
-                         0o600, dir_fd=parent)
+                         FILE_MODE, dir_fd=parent)
         except OSError as exc:
-            if parent != self.fd:
+            if owned:
                 os.close(parent)
             raise TransferError(f"cannot create a file in {self.shown}/{relative}: "
                                 f"{exc.strerror or exc}") from None
         except BaseException:
-            if parent != self.fd:
+            if owned:
                 os.close(parent)
             raise
-        return Incoming(self, relative, parent, name, temporary, fd)
-
-    def _parent(self, relative: str) -> tuple[int, str]:
-        """(descriptor of the folder that holds ``relative``, its last name); folders made 0755."""
-        parts = relative.split("/")
-        dir_fd = self.fd
-        try:
-            for index, part in enumerate(parts[:-1]):
-                where = "/".join(parts[:index + 1])
-                try:
-                    child = os.open(part, OPEN_FOLDER, dir_fd=dir_fd)
-                except FileNotFoundError:
-                    try:
-                        _make_folder(dir_fd, part)
-                        child = os.open(part, OPEN_FOLDER, dir_fd=dir_fd)
-                    except OSError as exc:
-                        raise _unwritable(relative, where, exc, _kind(dir_fd, part)) from None
-                except OSError as exc:
-                    raise _unwritable(relative, where, exc, _kind(dir_fd, part)) from None
-                if dir_fd != self.fd:
-                    os.close(dir_fd)
-                dir_fd = child
-        except BaseException:
-            if dir_fd != self.fd:
-                os.close(dir_fd)
-            raise
-        return dir_fd, parts[-1]
+        return Incoming(self, relative, parent, owned, parts[-1], temporary, fd)
 
 
 @dataclass
@@ -509,22 +535,24 @@ class Incoming:
     folder: Folder
     relative: str
     parent: int
+    parent_owned: bool  # the folder's descriptor is this file's to close (not the cache's)
     name: str
     temporary: str
     fd: int
 
     def commit(self, executable: bool) -> None:
         """Give the finished file its mode and move it to its final name in one step."""
-        os.fchmod(self.fd, EXEC_MODE if executable else FILE_MODE)
+        wanted = EXEC_MODE if executable else FILE_MODE
+        if executable or _UMASK & FILE_MODE:  # created FILE_MODE; only fix what differs
+            os.fchmod(self.fd, wanted)
         try:
-            st = os.stat(self.name, dir_fd=self.parent, follow_symlinks=False)
-        except FileNotFoundError:
-            st = None
-        if st is not None and stat.S_ISDIR(st.st_mode):
+            # rename() replaces a symlink at the final name itself, never what it points to,
+            # and refuses to replace a folder (EISDIR).
+            os.rename(self.temporary, self.name, src_dir_fd=self.parent,
+                      dst_dir_fd=self.parent)
+        except IsADirectoryError:
             raise IntegrityError(f"refusing to replace folder {self.folder.shown}/"
-                                 f"{self.relative} with a file")
-        # rename() replaces a symlink at the final name itself, never what it points to.
-        os.rename(self.temporary, self.name, src_dir_fd=self.parent, dst_dir_fd=self.parent)
+                                 f"{self.relative} with a file") from None
         self.temporary = ""
         self.close()
 
@@ -542,9 +570,19 @@ class Incoming:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
-        if self.parent >= 0 and self.parent != self.folder.fd:
+        if self.parent >= 0 and self.parent_owned:
             os.close(self.parent)
         self.parent = -1
+
+
+def _process_umask() -> int:
+    """The umask, read once at start-up (os.umask can only be read by setting it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _process_umask()
 
 
 def temporary_name(final_name: str) -> str:

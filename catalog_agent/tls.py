@@ -65,10 +65,17 @@ def _unchecked() -> None:
 
 
 def default_bundle() -> str:
-    """botocore's own CA bundle: certifi's when importable, else botocore's ``cacert.pem``."""
-    from botocore.httpsession import get_cert_path
+    """botocore's own CA bundle: certifi's when importable, else botocore's ``cacert.pem``
+    (as botocore.httpsession.get_cert_path, without importing botocore: start-up time)."""
+    import importlib.util
 
-    return str(get_cert_path(True))
+    if importlib.util.find_spec("certifi") is not None:
+        import certifi
+
+        return str(certifi.where())
+    spec = importlib.util.find_spec("botocore")
+    assert spec is not None and spec.submodule_search_locations
+    return os.path.join(list(spec.submodule_search_locations)[0], "cacert.pem")
 
 
 def certificate_problem(exc: BaseException) -> str | None:

@@ -89,19 +89,32 @@ class S3Store:
             extra["ServerSideEncryption"] = config.server_side_encryption
         if config.sse_kms_key_id:
             extra["SSEKMSKeyId"] = config.sse_kms_key_id
-        from catalog_agent.credentials import make_session
+        from catalog_agent.credentials import environment_keys, make_session
 
-        session = make_session(config)
-        credentials = session.get_credentials()
-        if credentials is None:
-            from botocore.exceptions import NoCredentialsError
-
-            raise translate(NoCredentialsError(), f"read s3://{config.s3_bucket}")
         pool_size = config.concurrency + PART_WORKERS + 2
+        static = environment_keys(config)
+        keys: Callable[[], tuple[str, str, str | None]]
+        sessions: list[Any] = []
 
-        def keys() -> tuple[str, str, str | None]:
-            frozen = credentials.get_frozen_credentials()
-            return frozen.access_key, frozen.secret_key, frozen.token
+        def session() -> Any:
+            """The botocore session (made once): for the credential chain, and for copies."""
+            if not sessions:
+                sessions.append(make_session(config))
+            return sessions[0]
+
+        if static is not None:
+            def keys() -> tuple[str, str, str | None]:
+                return static
+        else:
+            credentials = session().get_credentials()
+            if credentials is None:
+                from botocore.exceptions import NoCredentialsError
+
+                raise translate(NoCredentialsError(), f"read s3://{config.s3_bucket}")
+
+            def keys() -> tuple[str, str, str | None]:
+                frozen = credentials.get_frozen_credentials()
+                return frozen.access_key, frozen.secret_key, frozen.token
 
         counter = RetryCounter()
         http = S3Http(endpoint=_endpoint(config), region=config.region, bucket=config.s3_bucket,
@@ -110,7 +123,7 @@ class S3Store:
                       verify=tls.verify(config), on_retry=counter.add,
                       retry_mode=config.retry_mode, stop=cancel)
         store = cls(http, config.s3_bucket, attempts=config.max_attempts, extra_args=extra,
-                    make_client=lambda: s3_client(config, pool_size=pool_size, session=session),
+                    make_client=lambda: s3_client(config, pool_size=pool_size, session=session()),
                     threshold=config.multipart_threshold, part_size=config.multipart_chunksize)
         store.retry_counter = counter
         return store
@@ -314,7 +327,8 @@ class S3Store:
                 written[0] += len(block)
 
             try:
-                os.ftruncate(target.fd, 0)
+                if attempt > 1:  # a body cut short: start the file again
+                    os.ftruncate(target.fd, 0)
                 reply = await aio.get(key, sink)
             except BodyCut:
                 if attempt == self.attempts:
@@ -415,7 +429,8 @@ class S3Store:
             stored = _stored(key, response.headers, int(response.headers.get(
                 "Content-Length", 0)))
             try:
-                os.ftruncate(target.fd, 0)
+                if attempt > 1:  # a body cut short: start the file again
+                    os.ftruncate(target.fd, 0)
                 for chunk in response.stream(READ_CHUNK, decode_content=False):
                     _pwrite_all(target.fd, chunk, moved)
                     digest.update(chunk)
