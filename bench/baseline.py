@@ -78,7 +78,10 @@ def _command(tree: Path) -> list[str]:
 
 def prepare(ref: str, work: Path) -> Baseline:
     """Extract ``ref`` (once) and check that the interpreter imports the agent from it."""
-    sha = _git("rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}") if ref else ""
+    try:
+        sha = _git("rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}") if ref else ""
+    except BaselineError:
+        sha = ""
     if not sha:
         raise BaselineError(f"--baseline {ref!r} is not a commit of {REPOSITORY}")
     tree = FOLDER / sha[:12]

@@ -108,6 +108,14 @@ def table(results: dict[str, Any]) -> str:
         lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
     note = ("Each cell: median time, ratio to s5cmd; CPU seconds user+system (medians), ratio of "
             "their sum to s5cmd's; peak RSS (highest of the runs).")
+    works = {row["work"] for row in results["rows"]}
+    if "ls" in works:
+        note += (" ls: the agent lists the run and reads its manifests (a hash per file); s5cmd "
+                 "and rclone list the keys.")
+    if "get-present" in works:
+        note += (" All present: the agent hashes every local file against the manifest and "
+                 "moves none; rclone `copy --checksum` compares size and MD5 of every file; "
+                 "s5cmd `cp --if-size-differ` compares sizes only (a floor, not the same work).")
     if any(t in FLOORS for t in tools):
         note += (" sha256sum and openssl hash the large file from the page cache: the floor of "
                  "its get (coreutils' sha256sum has no SHA extensions; OpenSSL, which the "
