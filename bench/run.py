@@ -344,6 +344,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--keep-server", default="", metavar="DIR",
                         help="keep SeaweedFS's data in DIR after the run and reuse its seeded "
                              "objects next time (seeding a million keys takes many minutes)")
+    parser.add_argument("--seed-only", action="store_true",
+                        help="write the data sets and seed the kept server (--keep-server), then "
+                             "stop: the seeding's load is over before a measured run starts")
     parser.add_argument("--scale", type=float, default=1.0,
                         help="multiply every set's file count (e.g. 0.01 to try the tooling)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per tool run")
@@ -357,6 +360,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"unknown tools {unknown}" if unknown else f"unknown sets {unknown_sets}")
     if args.runs < 1 or args.scale <= 0:
         parser.error("--runs must be at least 1 and --scale above 0")
+    if args.seed_only and not args.keep_server:
+        parser.error("--seed-only seeds a server that is kept: give --keep-server DIR")
     if REFERENCE not in args.tools:
         parser.error("s5cmd is the reference of every ratio: keep it in --tools")
     if args.baseline and AGENT not in args.tools:
@@ -381,6 +386,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         versions = bench.tools.versions()
         bench.seed()
+        if args.seed_only:
+            print(f"seeded in {time.time() - started:.0f} s: "
+                  + ", ".join(f"{k} {v:.0f} s" for k, v in bench.seeder.seconds.items()))
+            return 0
         measuring = time.time()
         rows = bench.measure()
     except Failed as exc:
