@@ -6,7 +6,7 @@ that (and today's agents hold a put's plan whole): its objects are uploaded by s
 fastest honest writer found: real S3 PUTs through the gateway, ETag = MD5, as any client gets),
 and its manifests are written by the benchmark from the hashes taken while the files were
 generated, in the agent's own manifest format (``catalog_agent.manifest``), split into steps of
-at most ``MANIFEST_FILES`` entries each (a 1,000,000-entry manifest is about 250 MB, above the
+at most ``MANIFEST_FILES`` entries each (a 1,000,000-entry manifest is about 310 MB, above the
 64 MiB a manifest may have for the agents at hand). A stamp object per set records which bytes
 (the data set's token) the seed holds, so that a kept server is seeded again only when the
 local set was rewritten.
