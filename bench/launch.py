@@ -1,11 +1,12 @@
-"""Run one command and report its wall time and peak memory, measured from a small parent.
+"""Run one command and report its wall time, CPU seconds and peak memory, from a small parent.
 
 Why a launcher: Linux records the parent's memory high-water mark into a child at exec (and
 Python's subprocess forks or vforks from the benchmark's own, larger, process), so ru_maxrss
 taken straight from the benchmark would be floored at the benchmark's own size. Forked from
-this small interpreter instead, the floor is about 10 MiB.
+this small interpreter instead, the floor is about 10 MiB. The same wait4 gives the child's user
+and system CPU seconds (its own and those of any children it waited for).
 
-Usage: python -S -m bench.launch RESULT_FILE COMMAND...; environment and output pass through.
+Usage: python -S bench/launch.py RESULT_FILE COMMAND...; environment and output pass through.
 """
 
 import json
@@ -27,7 +28,8 @@ def main() -> int:
     elapsed = time.perf_counter() - started
     code = os.waitstatus_to_exitcode(status)
     with open(result, "w") as out:
-        json.dump({"seconds": elapsed, "rss_kib": usage.ru_maxrss, "code": code}, out)
+        json.dump({"seconds": elapsed, "rss_kib": usage.ru_maxrss, "user": usage.ru_utime,
+                   "sys": usage.ru_stime, "code": code}, out)
     return 0 if code == 0 else 1
 
 

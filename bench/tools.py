@@ -1,8 +1,22 @@
-"""How each tool is asked to move a data set: one command line per (tool, direction).
+"""How each tool is asked to do each work: one command line per (tool, work).
 
-Every tool gets the same credentials and endpoint from the environment or its flags; each run
-writes into a fresh destination (a new bucket for puts, a new folder for gets), so no tool can
-skip work it has already done.
+Every tool gets the same credentials and endpoint from the environment or its flags; each put
+or get writes into a fresh destination (a new bucket for puts, a new folder for gets), so no tool
+can skip work it has already done. The exception is the point of its row: the get where every
+file is already present, where each tool's own "skip what is there" is measured:
+
+- catalog-agent: ``get`` into the folder that holds every file; it hashes each local file and
+  compares it with the manifest's SHA-256, transferring nothing;
+- rclone: ``copy --checksum``, which compares size and MD5 (the ETag), so it too reads every
+  local file: the closest peer;
+- s5cmd: ``cp --if-size-differ``, which compares sizes only (s5cmd has no hash comparison): a
+  listing and a stat per file, not the same work. Not ``sync --size-only``: s5cmd's sync holds
+  about 19 KiB per key (1.9 GB of RSS at 100,000 keys, so some 19 GB at a million), and its
+  default compares times, which here would download everything.
+
+aws-cli v2 runs in the rows of issue 8's table only: issue 14's scale rows compare with s5cmd
+and rclone, and aws-cli would take most of their time (about 4 × s5cmd's on 5,000 tiny files;
+``aws s3 sync --size-only`` would be the same kind of floor as s5cmd's in the present-files get).
 """
 
 from __future__ import annotations
@@ -13,9 +27,18 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-# The ordered peers; ratios are to the first.
-NAMES = ["s5cmd", "catalog-agent", "rclone", "aws-cli-v2"]
+from bench.baseline import Baseline
+
+AGENT = "catalog-agent"
+REFERENCE = "s5cmd"
+SHA256SUM = "sha256sum"
+OPENSSL = "openssl-sha256"
+FLOORS = (SHA256SUM, OPENSSL)  # not transfer tools: hashing the large file, the get's floor
+# The ordered peers; ratios are to the first. A baseline agent goes right after the agent.
+NAMES = [REFERENCE, AGENT, "rclone", "aws-cli-v2"]
 RUN_PREFIX = "bench"  # the agent's prefix; peers use the same keys
+# rclone's default is 4 files at once; give it the agent's 16 so that it is a fair peer.
+RCLONE_FLAGS = ["--transfers", "16", "--checkers", "16"]
 
 
 @dataclass
@@ -48,9 +71,31 @@ def rclone_binary() -> str:
     return str(Path(sys.executable).parent / "rclone")
 
 
+def sha256sum_binary() -> str:
+    return shutil.which("sha256sum") or "/usr/bin/sha256sum"
+
+
+def openssl_binary() -> str | None:
+    return shutil.which("openssl")
+
+
+def is_agent(tool: str) -> bool:
+    return tool == AGENT or tool.startswith(AGENT + "@")
+
+
+def takes_part(tool: str, work: str, dataset: str) -> bool:
+    """Whether ``tool`` has a row in (work, dataset): see the module's docstring."""
+    if tool in FLOORS:
+        return work == "get" and dataset == "large"
+    if tool == "aws-cli-v2":  # the rows of issue 8's table only (see the docstring)
+        return dataset in ("small", "medium", "large", "one")
+    return True
+
+
 class Tools:
-    def __init__(self, target: Target) -> None:
+    def __init__(self, target: Target, baseline: Baseline | None = None) -> None:
         self.t = target
+        self.baseline = baseline
         (target.work / "agent-config.yaml").write_text("")
         self.base_env = {
             "AWS_ACCESS_KEY_ID": target.access_key,
@@ -63,9 +108,16 @@ class Tools:
             "HOME": str(target.work),
         }
 
+    def _agent(self, tool: str) -> list[str]:
+        if tool == AGENT:
+            return [agent_binary()]
+        if self.baseline is not None and tool == self.baseline.tool:
+            return list(self.baseline.command)
+        raise ValueError(tool)
+
     def env(self, tool: str, bucket: str) -> dict[str, str]:
         env = dict(self.base_env)
-        if tool == "catalog-agent":
+        if is_agent(tool):
             env.update({
                 "CATALOG_AGENT_ENDPOINT_URL": self.t.endpoint,
                 "CATALOG_AGENT_S3_BUCKET": bucket,
@@ -76,6 +128,8 @@ class Tools:
                 "CATALOG_AGENT_CONFIG": str(self.t.work / "agent-config.yaml"),
                 "CATALOG_AGENT_TERMINATION_LOG": str(self.t.work / "termination-log"),
             })
+            if tool != AGENT and self.baseline is not None:
+                env.update(self.baseline.env())
         elif tool == "rclone":
             env.update({
                 "RCLONE_CONFIG": str(self.t.work / "no-rclone.conf"),
@@ -92,8 +146,8 @@ class Tools:
     def put(self, tool: str, source: Path, bucket: str, run: str, name: str) -> list[str]:
         """Upload ``source`` (the folder ``name`` of the data root) to <prefix>/<run>/<name>/."""
         remote = f"{RUN_PREFIX}/{run}/{name}"
-        if tool == "catalog-agent":
-            return [agent_binary(), "put", name, "--run-id", run, "--step", "bench",
+        if is_agent(tool):
+            return [*self._agent(tool), "put", name, "--run-id", run, "--step", "bench",
                     "--compute-data-folder", str(source.parent)]
         if tool == "s5cmd":
             return [s5cmd_binary(), "--endpoint-url", self.t.endpoint, "cp", f"{source}/*",
@@ -110,9 +164,9 @@ class Tools:
         """Download <prefix>/<run>/<name>/ (or the single file ``one`` in it) to dest_root/name."""
         remote = f"{RUN_PREFIX}/{run}/{name}"
         dest = dest_root / name
-        if tool == "catalog-agent":
+        if is_agent(tool):
             pattern = f"{name}/{one}" if one else name
-            return [agent_binary(), "get", pattern, "--run-id", run,
+            return [*self._agent(tool), "get", pattern, "--run-id", run,
                     "--compute-data-folder", str(dest_root)]
         if tool == "s5cmd":
             source = f"s3://{bucket}/{remote}/{one}" if one else f"s3://{bucket}/{remote}/*"
@@ -130,34 +184,82 @@ class Tools:
                     "--only-show-errors", f"s3://{bucket}/{remote}/", f"{dest}/"]
         raise ValueError(tool)
 
+    def ls(self, tool: str, bucket: str, run: str, name: str) -> list[str]:
+        """List the run's files, one line each (the agent: the whole run, with its manifests)."""
+        remote = f"{RUN_PREFIX}/{run}/{name}"
+        if is_agent(tool):
+            return [*self._agent(tool), "ls", "--run-id", run]
+        if tool == "s5cmd":
+            return [s5cmd_binary(), "--endpoint-url", self.t.endpoint, "ls",
+                    f"s3://{bucket}/{remote}/*"]
+        if tool == "rclone":
+            return [rclone_binary(), "ls", *RCLONE_FLAGS, f"bench:{bucket}/{remote}"]
+        raise ValueError(tool)
 
-# rclone's default is 4 files at once; give it the agent's 16 so that it is a fair peer.
-RCLONE_FLAGS = ["--transfers", "16", "--checkers", "16"]
+    def get_present(self, tool: str, bucket: str, run: str, name: str,
+                    data_root: Path) -> list[str]:
+        """Get <prefix>/<run>/<name>/ into data_root/name, which already holds every file."""
+        remote = f"{RUN_PREFIX}/{run}/{name}"
+        if is_agent(tool):
+            return [*self._agent(tool), "get", name, "--run-id", run,
+                    "--compute-data-folder", str(data_root)]
+        if tool == "s5cmd":
+            return [s5cmd_binary(), "--endpoint-url", self.t.endpoint, "cp", "--if-size-differ",
+                    f"s3://{bucket}/{remote}/*", f"{data_root / name}/"]
+        if tool == "rclone":
+            return [rclone_binary(), "copy", "--checksum", *RCLONE_FLAGS,
+                    f"bench:{bucket}/{remote}", str(data_root / name)]
+        raise ValueError(tool)
 
+    def hash_file(self, tool: str, path: Path) -> list[str]:
+        """The floor of a large get: hashing every byte of the file on one core.
 
-def versions() -> dict[str, str]:
-    """Each tool's own version line, for the results file."""
-    commands = {
-        "s5cmd": [s5cmd_binary(), "version"],
-        "catalog-agent": [agent_binary(), "--version"],
-        "rclone": [rclone_binary(), "version"],
-        "aws-cli-v2": [aws_binary(), "--version"],
-    }
-    found = {}
-    for tool, command in commands.items():
-        try:
-            out = subprocess.run(command, capture_output=True, text=True, timeout=60)
-            found[tool] = (out.stdout or out.stderr).strip().splitlines()[0]
-        except (OSError, IndexError, subprocess.TimeoutExpired) as exc:
-            found[tool] = f"unavailable: {exc}"
-    return found
+        coreutils' sha256sum (as issue 14 names it) is not linked with a crypto library and is
+        several times slower than OpenSSL's SHA-256 on a CPU with SHA extensions, which is what
+        Python's hashlib (so the agent) uses: ``openssl dgst -sha256`` is measured beside it.
+        """
+        if tool == SHA256SUM:
+            return [sha256sum_binary(), str(path)]
+        if tool == OPENSSL:
+            return [str(openssl_binary()), "dgst", "-sha256", "-r", str(path)]
+        raise ValueError(tool)
+
+    def version_commands(self) -> dict[str, list[str]]:
+        commands = {
+            "s5cmd": [s5cmd_binary(), "version"],
+            AGENT: [agent_binary(), "--version"],
+            "rclone": [rclone_binary(), "version"],
+            "aws-cli-v2": [aws_binary(), "--version"],
+            SHA256SUM: [sha256sum_binary(), "--version"],
+        }
+        if openssl_binary():
+            commands[OPENSSL] = [str(openssl_binary()), "version"]
+        if self.baseline is not None:
+            commands[self.baseline.tool] = [*self.baseline.command, "--version"]
+        return commands
+
+    def versions(self) -> dict[str, str]:
+        """Each tool's own version line, for the results file."""
+        found = {}
+        for tool, command in self.version_commands().items():
+            env = None
+            if self.baseline is not None and tool == self.baseline.tool:
+                env = {**self.base_env, **self.baseline.env()}
+            try:
+                out = subprocess.run(command, capture_output=True, text=True, timeout=60,
+                                     env=env, cwd=self.t.work)
+                found[tool] = (out.stdout or out.stderr).strip().splitlines()[0]
+            except (OSError, IndexError, subprocess.TimeoutExpired) as exc:
+                found[tool] = f"unavailable: {exc}"
+        return found
 
 
 def missing() -> list[str]:
     """Tools that cannot run here (the bench script installs them)."""
     gone = []
     for tool, path in (("s5cmd", s5cmd_binary), ("rclone", rclone_binary),
-                       ("aws-cli-v2", aws_binary), ("catalog-agent", agent_binary)):
+                       ("aws-cli-v2", aws_binary), ("catalog-agent", agent_binary),
+                       (SHA256SUM, sha256sum_binary)):
         try:
             if not shutil.which(path()):
                 gone.append(tool)
