@@ -325,7 +325,7 @@ def test_heartbeat_goes_on_after_a_signal_to_the_whole_process_group(shell: list
               f"time.sleep(0.5)\n"
               f"os.kill(0, signal.SIGTERM)\n"  # the whole process group, as `kill -TERM 0`
               f"pathlib.Path({str(ready)!r}).touch()\n"
-              f"time.sleep(8)\n")
+              f"time.sleep(5)\n")
     proc = _start(shell, status, sys.executable, "-c", script, start_new_session=True)
     try:
         _wait_for(ready.exists)
