@@ -141,5 +141,7 @@ def _bucket_region(response: dict[str, Any]) -> str:
 
 
 def _short(exc: Any) -> str:
-    text = " ".join(str(exc).split())
-    return text if len(text) <= 300 else text[:297] + "..."
+    """The error's text on one line, scrubbed of secrets before it is cut to 300 characters."""
+    from catalog_agent.logs import clip
+
+    return clip(" ".join(str(exc).split()), 300)

@@ -11,6 +11,7 @@ import signal
 import sys
 import threading
 import time
+import traceback
 from typing import Any, Callable
 
 import click
@@ -75,12 +76,15 @@ def run(command: str, body: Callable[[Config, threading.Event], dict[str, Any] |
     from catalog_agent import logs
     from catalog_agent.credentials import secret_values
 
+    cancel = threading.Event()
+    early = _on_signals(cancel)  # first: a signal from now on is never lost
     _early_logging(flags)
     logs.bind(command=command, run_id=flags.get("run_id") or os.environ.get(
         "CATALOG_AGENT_RUN_ID", ""), step=flags.get("step") or os.environ.get(
         "CATALOG_AGENT_STEP", ""))
     log = logs.get_logger()
-    cancel = threading.Event()
+    if early:
+        log.info("signal received while starting", signals=early)
     started = time.monotonic()
     summary: dict[str, Any] = {"command": command}
     code = 0
@@ -89,7 +93,6 @@ def run(command: str, body: Callable[[Config, threading.Event], dict[str, Any] |
         logs.configure(fmt=config.log_format, level=config.log_level,
                        secrets=secret_values(config))
         logs.bind(run_id=config.run_id, step=config.step)
-        _on_signals(cancel)
         summary = body(config, cancel) or summary
         log.info(f"{command}.done", **{k: v for k, v in summary.items() if k != "command"})
     except AgentError as exc:
@@ -108,24 +111,51 @@ def run(command: str, body: Callable[[Config, threading.Event], dict[str, Any] |
         code = EXIT_INTERNAL
         summary["error"] = f"internal error: {type(exc).__name__}: {exc}"
         log.error(summary["error"], exit_code=code)
-        if os.environ.get("CATALOG_AGENT_DEBUG"):
-            raise
+        # For a bug report: --log-level debug adds the traceback (scrubbed like every event).
+        log.debug("traceback", traceback=traceback.format_exc())
     summary["exit_code"] = code
     summary.setdefault("seconds", round(time.monotonic() - started, 3))
-    if "error" in summary:
-        summary["error"] = logs.scrub_text(str(summary["error"]))
-    write_termination_message(summary)
+    write_termination_message(summary)  # scrubs every value before anything is cut
     sys.exit(code)
 
 
-def _on_signals(cancel: threading.Event) -> None:
-    """SIGTERM and SIGINT stop the transfer cleanly: in-flight work aborts, nothing partial stays."""
+def _signal_names(signums: list[int]) -> list[str]:
+    return [signal.Signals(n).name for n in signums]
+
+
+def _on_signals(cancel: threading.Event) -> list[str]:
+    """SIGTERM and SIGINT stop the transfer cleanly: in-flight work aborts, nothing partial stays.
+
+    Also takes over what the launcher recorded before the CLI was imported: a signal that came
+    early sets ``cancel`` as if it came now (for ``put --on-sigterm``, the cue to put). The
+    handler is installed before the recorded signals are read, so none falls in between.
+    Returns the names of the early signals.
+    """
+    from catalog_agent.launcher import take_early_signals
+
     def handler(signum: int, _frame: Any) -> None:
         cancel.set()
 
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, handler)
-        signal.signal(signal.SIGINT, handler)
+    if threading.current_thread() is not threading.main_thread():
+        return []
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    early = take_early_signals()
+    if early:
+        cancel.set()
+    return _signal_names(early)
+
+
+def _default_signals() -> None:
+    """For commands that have no transfer to stop: a signal ends them as usual (exit 143)."""
+    from catalog_agent.launcher import take_early_signals
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    if take_early_signals():
+        sys.exit(EXIT_INTERRUPTED)
 
 
 @click.group(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"],
@@ -173,8 +203,13 @@ def get(**kwargs: Any) -> None:
               help="Give up waiting after SECONDS, exit 7 [env CATALOG_AGENT_WAIT_TIMEOUT; "
                    "default 0: no limit]")
 @click.option("--heartbeat-stale-seconds", metavar="SECONDS", default=None,
-              help="A heartbeat unchanged this long with no exit code means the main container "
-                   "died [env CATALOG_AGENT_HEARTBEAT_STALE_SECONDS; default 30]")
+              help="A heartbeat unchanged this long with no exit code: the main command's end "
+                   "is unknown, exit 8, nothing put [env CATALOG_AGENT_HEARTBEAT_STALE_SECONDS; "
+                   "default 30]")
+@click.option("--first-heartbeat-seconds", metavar="SECONDS", default=None,
+              help="No heartbeat this long after put started: the wrapper never ran, exit 8, "
+                   "nothing put [env CATALOG_AGENT_FIRST_HEARTBEAT_SECONDS; default 1800; "
+                   "0: no limit]")
 @_key_options
 def put(**kwargs: Any) -> None:
     """Store files matching PATTERNS (or the step's put list) and write the step manifest."""
@@ -189,7 +224,8 @@ def put(**kwargs: Any) -> None:
 
         mode = lifecycle.settings(wait=own["wait"], on_sigterm=own["on_sigterm"],
                                   status_dir=own["status_dir"], wait_timeout=own["wait_timeout"],
-                                  stale_seconds=own["heartbeat_stale_seconds"])
+                                  stale_seconds=own["heartbeat_stale_seconds"],
+                                  first_heartbeat_seconds=own["first_heartbeat_seconds"])
         if mode is None:
             return plain()
         if own["dry_run"]:
@@ -206,6 +242,7 @@ def install_entrypoint(directory: str) -> None:
     """Copy the entrypoint wrapper to DIR/entrypoint (mode 0755), e.g. a shared emptyDir."""
     from catalog_agent.lifecycle import install_entrypoint as install
 
+    _default_signals()
     summary: dict[str, Any] = {"command": "install-entrypoint"}
     _early_logging({})
     from catalog_agent import logs
@@ -296,6 +333,7 @@ def demo(keep: bool) -> None:
     """Run a two-step pipeline against an embedded local S3 server (SeaweedFS)."""
     from catalog_agent.demo import run_demo
 
+    _default_signals()
     try:
         sys.exit(run_demo(keep=keep))
     except AgentError as exc:

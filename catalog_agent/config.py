@@ -164,7 +164,8 @@ KEYS: dict[str, KeySpec] = {
 
 # Environment variables that are not keys but belong to the agent.
 OTHER_ENV = {ENV_PREFIX + name for name in ("CONFIG", "STATUS_DIR", "TERMINATION_LOG", "WHEN",
-                                            "WAIT_TIMEOUT", "HEARTBEAT_STALE_SECONDS")}
+                                            "WAIT_TIMEOUT", "HEARTBEAT_STALE_SECONDS",
+                                            "FIRST_HEARTBEAT_SECONDS")}
 # Kubernetes injects <SERVICE>_PORT... and <SERVICE>_SERVICE_HOST for services in the namespace.
 _SERVICE_LINK = re.compile(r"_(PORT|SERVICE_HOST|SERVICE_PORT)(_.*)?$")
 
@@ -247,8 +248,9 @@ def _is_utf8(value: str) -> bool:
 
 
 def _show(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    from catalog_agent.logs import clip
+
+    return clip(repr(value), 60)  # scrubbed before it is cut: never half a secret
 
 
 def _check_keys(found: Mapping[Any, Any], allowed: list[str], where: str) -> None:

@@ -14,7 +14,9 @@ credentials are botocore ``RefreshableCredentials``: every signed request asks f
 they are fetched again before they expire, so a transfer outlasting a session finishes.
 
 Secret values never leave this module except inside botocore's credential objects: errors name
-variables, files and roles, never values.
+variables, files and roles, never values. Every secret obtained here (a profile's keys, a token
+file's token, each STS session's secret key and token, at each refresh too) is also handed to
+the log scrubber (:func:`catalog_agent.logs.add_secrets`) the moment it is known.
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ _METHODS = {
     "ec2-credentials-file": "instance",
 }
 _SESSION_NAME_UNSAFE = re.compile(r"[^\w+=,.@-]", re.ASCII)
+# Service-account tokens are a few KiB; a larger read is not a token and is not kept.
+MAX_TOKEN_BYTES = 64 * 1024
 MAX_SESSION_NAME = 64
 
 
@@ -159,8 +163,36 @@ def resolve(config: Config) -> Resolved:
         raise
     except Exception as exc:  # noqa: BLE001 - every botocore failure becomes one clear line
         raise sts_error(exc, "", config) from None
+    remember(resolved.credentials)
     _register(session, resolved.credentials)
     return resolved
+
+
+def remember(creds: botocore.credentials.Credentials) -> None:
+    """Hand the secret parts of ``creds`` to the log scrubber, now and at every refresh.
+
+    Temporary credentials from botocore's own providers (Pod Identity, instance roles) refresh
+    through their ``refresh_using`` function: it is wrapped so that each new session's secret
+    key and token are scrubbed from the moment they exist.
+    """
+    from botocore.credentials import RefreshableCredentials
+
+    from catalog_agent.logs import add_secrets
+
+    if isinstance(creds, RefreshableCredentials):
+        refresh = creds._refresh_using
+        if not getattr(refresh, "remembers_secrets", False):
+            def remembering() -> dict[str, Any]:
+                data = refresh()
+                add_secrets([data.get("secret_key"), data.get("token")])
+                return data
+
+            remembering.remembers_secrets = True  # type: ignore[attr-defined]
+            creds._refresh_using = remembering
+        frozen = creds.get_frozen_credentials()
+    else:
+        frozen = creds
+    add_secrets([frozen.secret_key, frozen.token])
 
 
 # --- base credentials ---
@@ -174,10 +206,13 @@ def _base(config: Config, session: botocore.session.Session, sts: Callable[..., 
         key = _required_variable(config.aws_access_key_name, "access key id")
         secret = _required_variable(config.aws_secret_access_key_name, "secret access key")
         token = os.environ.get(config.aws_session_key_name) or None
-        return Credentials(key, secret, token, method="env"), "environment"
-    if config.aws_profile:
-        return _profile(config), "profile"
-    return _default_chain(config, session, sts, name)
+        creds, method = Credentials(key, secret, token, method="env"), "environment"
+    elif config.aws_profile:
+        creds, method = _profile(config), "profile"
+    else:
+        creds, method = _default_chain(config, session, sts, name)
+    remember(creds)  # the base of an assumed role is a secret too
+    return creds, method
 
 
 def _required_variable(name: str, what: str) -> str:
@@ -261,7 +296,7 @@ def _check_token_file(variable: str, what: str) -> None:
         return
     try:
         with open(path, "rb") as handle:
-            handle.read(1)
+            content = handle.read(MAX_TOKEN_BYTES)
     except PermissionError:
         raise AccessError(f"the {what} {path} (from {variable}) is not readable by uid "
                           f"{os.getuid()}",
@@ -275,6 +310,9 @@ def _check_token_file(variable: str, what: str) -> None:
     except OSError as exc:
         raise AccessError(f"the {what} {path} (from {variable}) cannot be read: "
                           f"{exc.strerror or exc}") from None
+    from catalog_agent.logs import add_secrets
+
+    add_secrets([content.decode("utf-8", "replace").strip()])  # a bearer token
 
 
 # --- temporary credentials that refresh themselves ---
@@ -288,9 +326,13 @@ def _web_identity(config: Config, sts: Callable[..., Any], role_arn: str, name: 
     path = os.environ["AWS_WEB_IDENTITY_TOKEN_FILE"]
 
     def token() -> str:
+        from catalog_agent.logs import add_secrets
+
         _check_token_file("AWS_WEB_IDENTITY_TOKEN_FILE", "web identity token file")
         with open(path, encoding="utf-8") as handle:
-            return handle.read().strip()
+            value = handle.read().strip()
+        add_secrets([value])  # a bearer token: whoever holds it is the role
+        return value
 
     token()  # fail early, with the hint, when the token cannot be read
     extra: dict[str, Any] = {"RoleSessionName": os.environ.get("AWS_ROLE_SESSION_NAME") or name}
@@ -329,8 +371,12 @@ def _refreshable(config: Config, fetcher: Any, operation: str, role_arn: str, me
     from catalog_agent.logs import get_logger
 
     def fetch() -> dict[str, Any]:
+        from catalog_agent.logs import add_secrets
+
         try:
-            return fetcher.fetch_credentials()
+            data = fetcher.fetch_credentials()
+            add_secrets([data.get("secret_key"), data.get("token")])
+            return data
         except AgentError:
             raise
         except Exception as exc:  # noqa: BLE001
@@ -497,5 +543,7 @@ def _sts_hint(operation: str, code: str, message: str, role: str, base: str,
 
 
 def _short(exc: Any) -> str:
-    text = " ".join(str(exc).split())
-    return text if len(text) <= 300 else text[:297] + "..."
+    """The error's text on one line, scrubbed of secrets before it is cut to 300 characters."""
+    from catalog_agent.logs import clip
+
+    return clip(" ".join(str(exc).split()), 300)

@@ -13,6 +13,7 @@ EXIT_ACCESS = 4
 EXIT_TRANSFER = 5
 EXIT_INTEGRITY = 6
 EXIT_WAIT_TIMEOUT = 7
+EXIT_MAIN_LOST = 8
 EXIT_INTERRUPTED = 143
 
 EXIT_CODES: dict[int, str] = {
@@ -26,6 +27,8 @@ EXIT_CODES: dict[int, str] = {
     EXIT_INTEGRITY: "integrity or safety violation (hash mismatch, unsafe key or link, a file "
                     "changed while it was put)",
     EXIT_WAIT_TIMEOUT: "put --wait gave up: --wait-timeout expired before the main command ended",
+    EXIT_MAIN_LOST: "put --wait: the main command's end is unknown (its heartbeat went stale or "
+                    "never appeared, and it left no exit code); nothing was put",
     EXIT_INTERRUPTED: "stopped by SIGTERM or SIGINT before finishing (nothing partial left)",
 }
 
@@ -97,6 +100,17 @@ class WaitTimeout(AgentError):
 
     exit_code = EXIT_WAIT_TIMEOUT
     kind = "wait-timeout"
+
+
+class MainLost(AgentError):
+    """put --wait: the heartbeat went stale or never appeared, and there is no exit code.
+
+    The step may have died, or only its heartbeat may have: it may still be writing its files,
+    so nothing is put, whatever ``when`` says, and the put fails visibly.
+    """
+
+    exit_code = EXIT_MAIN_LOST
+    kind = "main-lost"
 
 
 class Interrupted(AgentError):

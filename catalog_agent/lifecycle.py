@@ -9,8 +9,11 @@ then apply the ``when`` policy. Contract: docs/lifecycle.md.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
+import stat
 import threading
 import time
 from dataclasses import dataclass
@@ -19,13 +22,19 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from catalog_agent.config import Config
-from catalog_agent.errors import AgentError, ConfigError, Interrupted, WaitTimeout
+from catalog_agent.errors import AgentError, ConfigError, Interrupted, MainLost, WaitTimeout
 from catalog_agent.logs import get_logger
 
 DEFAULT_STATUS_DIR = "/var/run/catalog-agent"
 EXIT_CODE_FILE = "exit-code"
 HEARTBEAT_FILE = "heartbeat"
 DEFAULT_STALE_SECONDS = 30.0
+# How long put --wait waits for the first heartbeat: the main container's image pull and start.
+# Generous, since pulls of large images from a busy registry take minutes; 0: no bound.
+DEFAULT_FIRST_HEARTBEAT_SECONDS = 1800.0
+# The wrapper writes at most "255\n": anything longer is not its work, and is never read whole.
+MAX_EXIT_CODE_BYTES = 16
+_EXIT_CODE = re.compile(rb"[0-9]{1,3}\n?")
 POLL_SECONDS = 0.5
 WAITING_LOG_INTERVAL = 60.0
 # After SIGTERM in sidecar mode the main container has ended: its exit code is there or will
@@ -55,11 +64,12 @@ class Settings:
     status_dir: Path
     wait_timeout: float  # 0: no limit
     stale_seconds: float
+    first_heartbeat_seconds: float = DEFAULT_FIRST_HEARTBEAT_SECONDS  # 0: no limit
 
 
 def settings(*, wait: bool, on_sigterm: bool, status_dir: str | None, wait_timeout: str | None,
-             stale_seconds: str | None, environ: Mapping[str, str] | None = None
-             ) -> Settings | None:
+             stale_seconds: str | None, first_heartbeat_seconds: str | None = None,
+             environ: Mapping[str, str] | None = None) -> Settings | None:
     """The lifecycle settings of a put, or None for a plain put; bad values are ConfigErrors."""
     environ = os.environ if environ is None else environ
     if wait and on_sigterm:
@@ -67,13 +77,15 @@ def settings(*, wait: bool, on_sigterm: bool, status_dir: str | None, wait_timeo
                           "beside the main one, --on-sigterm for a native sidecar")
     if not (wait or on_sigterm):
         for flag, value in (("--status-dir", status_dir), ("--wait-timeout", wait_timeout),
-                            ("--heartbeat-stale-seconds", stale_seconds)):
+                            ("--heartbeat-stale-seconds", stale_seconds),
+                            ("--first-heartbeat-seconds", first_heartbeat_seconds)):
             if value is not None:
                 raise ConfigError(f"{flag} applies only with --wait or --on-sigterm")
         return None
     if on_sigterm:
         for flag, value in (("--wait-timeout", wait_timeout),
-                            ("--heartbeat-stale-seconds", stale_seconds)):
+                            ("--heartbeat-stale-seconds", stale_seconds),
+                            ("--first-heartbeat-seconds", first_heartbeat_seconds)):
             if value is not None:
                 raise ConfigError(f"{flag} applies only with --wait (--on-sigterm waits for "
                                   f"SIGTERM, which Kubernetes sends after the main container)")
@@ -86,7 +98,11 @@ def settings(*, wait: bool, on_sigterm: bool, status_dir: str | None, wait_timeo
     stale = _seconds(*_pick(stale_seconds, "CATALOG_AGENT_HEARTBEAT_STALE_SECONDS", environ,
                             str(DEFAULT_STALE_SECONDS), "--heartbeat-stale-seconds"),
                      what="heartbeat stale seconds", minimum=1.0)
-    return Settings(ON_SIGTERM if on_sigterm else WAIT, Path(folder), timeout, stale)
+    first = _seconds(*_pick(first_heartbeat_seconds, "CATALOG_AGENT_FIRST_HEARTBEAT_SECONDS",
+                            environ, str(DEFAULT_FIRST_HEARTBEAT_SECONDS),
+                            "--first-heartbeat-seconds"),
+                     what="first heartbeat seconds", minimum=0.0)
+    return Settings(ON_SIGTERM if on_sigterm else WAIT, Path(folder), timeout, stale, first)
 
 
 def _pick(flag: str | None, env: str, environ: Mapping[str, str], default: str,
@@ -104,43 +120,79 @@ def _seconds(text: str, source: str, *, what: str, minimum: float) -> float:
     except ValueError:
         value = float("nan")
     if not value >= minimum or value == float("inf"):  # also rejects NaN
+        from catalog_agent.logs import clip
+
         raise ConfigError(f"{what}: expected a number of seconds >= {minimum:g}, got "
-                          f"{text[:40]!r} (from {source})")
+                          f"{clip(repr(text), 40)} (from {source})")
     return value
 
 
 def read_outcome(status_dir: Path) -> Outcome | None:
-    """The outcome recorded by the wrapper, or None while there is no exit-code file yet."""
+    """The outcome recorded by the wrapper, or None while there is no exit-code file yet.
+
+    The status folder is shared with a step that may run unreviewed code, so the file is
+    opened without following a link and without blocking (a FIFO there must not hang the put,
+    a link to /dev/zero must not fill its memory), must be a regular file of a few bytes, and
+    must hold a decimal code. Anything else is an outcome too: a failed step, with the reason.
+    """
     path = status_dir / EXIT_CODE_FILE
+    not_ours = "not an exit code written by the entrypoint wrapper"
     try:
-        raw = path.read_bytes()[:64]
-    except FileNotFoundError:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
+                     | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError):
         return None
     except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
-    text = raw.decode("ascii", "replace").strip()
+        what = "is a symbolic link" if exc.errno == errno.ELOOP else \
+            f"cannot be opened ({exc.strerror or exc})"
+        return Outcome(None, f"{path} {what}, {not_ours}")
     try:
-        code = int(text)
-    except ValueError:
-        return Outcome(None, f"{path} holds {text[:20]!r}, not an exit code")
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return Outcome(None, f"{path} is a {_file_kind(info.st_mode)}, {not_ours}")
+        if info.st_size > MAX_EXIT_CODE_BYTES:
+            return Outcome(None, f"{path} holds {info.st_size} bytes, {not_ours}")
+        raw = os.read(fd, MAX_EXIT_CODE_BYTES + 1)
+    except OSError as exc:
+        return Outcome(None, f"{path} cannot be read ({exc.strerror or exc}), {not_ours}")
+    finally:
+        os.close(fd)
+    if not _EXIT_CODE.fullmatch(raw) or int(raw) > 255:
+        shown = raw[:MAX_EXIT_CODE_BYTES].decode("ascii", "backslashreplace")
+        return Outcome(None, f"{path} holds {shown!r}, {not_ours}")
+    code = int(raw)
     return Outcome(code, f"the main command exited with {code}")
 
 
+def _file_kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "FIFO"), (stat.S_ISDIR, "folder"),
+                       (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
+                       (stat.S_ISSOCK, "socket")):
+        if test(mode):
+            return name
+    return "special file"
+
+
 def _heartbeat_mtime(status_dir: Path) -> int | None:
+    """The heartbeat's mtime, not following a link (a planted link must not look alive)."""
     try:
-        return os.stat(status_dir / HEARTBEAT_FILE).st_mtime_ns
+        return os.stat(status_dir / HEARTBEAT_FILE, follow_symlinks=False).st_mtime_ns
     except OSError:
         return None
 
 
 def wait_for_exit(status_dir: Path, *, timeout: float, stale_seconds: float,
-                  cancel: threading.Event, poll: float = POLL_SECONDS,
+                  cancel: threading.Event, first_heartbeat: float = 0.0,
+                  poll: float = POLL_SECONDS,
                   clock: Callable[[], float] = time.monotonic) -> Outcome:
-    """Wait until the main command has ended, or until its heartbeat shows it died.
+    """Wait until the main command has ended; raise MainLost when that can no longer be known.
 
     Staleness is how long the heartbeat's mtime has not changed while we watched, on our own
-    monotonic clock, so the two containers' clocks need not agree. A missing heartbeat is not
-    stale: the main container may not have started yet; only ``timeout`` bounds that wait.
+    monotonic clock, so the two containers' clocks need not agree. A heartbeat not there yet is
+    not stale (the main container may still be pulling its image) for ``first_heartbeat``
+    seconds (0: for ever); one that disappears after it was seen counts as unchanged.
+    A stale or absent heartbeat never counts as the step's outcome: the step may still be
+    running with only its heartbeat stopped, so the put fails visibly instead (MainLost).
     """
     log = get_logger()
     if not status_dir.is_dir():
@@ -159,15 +211,28 @@ def wait_for_exit(status_dir: Path, *, timeout: float, stale_seconds: float,
         mtime = _heartbeat_mtime(status_dir)
         if mtime is not None and mtime != seen_mtime:
             seen_mtime, changed_at = mtime, now
-        elif mtime is not None and now - changed_at >= stale_seconds:
+        elif seen_mtime is not None and now - changed_at >= stale_seconds:
             # The wrapper writes the exit code after its last beat: look once more.
             outcome = read_outcome(status_dir)
             if outcome is not None:
                 return outcome
-            return Outcome(None, f"heartbeat stale: {status_dir / HEARTBEAT_FILE} unchanged for "
-                                 f"{now - changed_at:.0f} s and no exit code, so the main "
-                                 f"container died without one (killed with its cgroup, e.g. "
-                                 f"OOM or eviction)")
+            raise MainLost(
+                f"heartbeat stale: {status_dir / HEARTBEAT_FILE} unchanged for "
+                f"{now - changed_at:.0f} s and no exit code: the main container died without "
+                f"one (killed with its cgroup: OOM, eviction) or only its heartbeat stopped; "
+                f"nothing was put, since the step may still be writing",
+                hint="docs/lifecycle.md, 'Stale heartbeat'")
+        elif seen_mtime is None and first_heartbeat and now - started >= first_heartbeat:
+            outcome = read_outcome(status_dir)
+            if outcome is not None:
+                return outcome
+            raise MainLost(
+                f"no heartbeat in {status_dir} after {first_heartbeat:g} s "
+                f"(--first-heartbeat-seconds): the entrypoint wrapper never started; nothing "
+                f"was put",
+                hint="is the main command wrapped by the entrypoint, does the main image have "
+                     "/bin/sh, and is the status folder mounted and writable in the main "
+                     "container? A slow image pull needs a larger bound")
         if timeout and now - started >= timeout:
             state = "its heartbeat is fresh" if mtime is not None else "no heartbeat yet"
             raise WaitTimeout(f"no exit code in {status_dir} after {timeout:g} s "
@@ -231,28 +296,23 @@ def decide(when: str, outcome: Outcome) -> tuple[bool, str]:
 def error_document(*, run_id: str, step: str, mode: str, error: AgentError, when: str,
                    outcome: Outcome | None) -> bytes:
     """What ``.catalog-agent/errors/<step>.json`` says about a failed lifecycle put."""
+    from catalog_agent.logs import clip, scrub_value
+
     doc: dict[str, Any] = {
         "run_id": run_id,
         "step": step,
         "command": "put",
         "mode": mode,
         "exit_code": error.exit_code,
-        "error": _scrub(str(error))[:4000],
+        "error": clip(str(error), 4000),  # scrubbed before it is cut: no half secret
         "kind": error.kind,
         "when": when,
         "main_exit_code": outcome.exit_code if outcome else None,
-        "main_outcome": outcome.reason if outcome else None,
+        "main_outcome": clip(outcome.reason, 4000) if outcome else None,
         "time": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
-    return (json.dumps(doc, indent=1, ensure_ascii=False) + "\n").encode("utf-8")
-
-
-def _scrub(text: str) -> str:
-    """Secret values out of text bound for the bucket, as the log does for events."""
-    from catalog_agent import logs
-
-    scrub: Callable[[str], str] = getattr(logs, "scrub_text", lambda value: value)
-    return scrub(text)
+    return (json.dumps(scrub_value(doc), indent=1, ensure_ascii=False) + "\n").encode(
+        "utf-8", "backslashreplace")
 
 
 class LifecycleError(AgentError):
@@ -279,7 +339,8 @@ def run_put(config: Config, lifecycle: Settings, cancel: threading.Event,
     try:
         if lifecycle.mode == WAIT:
             outcome = wait_for_exit(lifecycle.status_dir, timeout=lifecycle.wait_timeout,
-                                    stale_seconds=lifecycle.stale_seconds, cancel=cancel)
+                                    stale_seconds=lifecycle.stale_seconds, cancel=cancel,
+                                    first_heartbeat=lifecycle.first_heartbeat_seconds)
         else:
             wait_for_sigterm(cancel)
             outcome = outcome_after_sigterm(lifecycle.status_dir, cancel)

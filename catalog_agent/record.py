@@ -17,8 +17,14 @@ MAX_TERMINATION_BYTES = 4096
 
 
 def termination_message(summary: dict[str, Any]) -> bytes:
-    """``summary`` as compact JSON, its error shortened until the whole fits in 4 KiB."""
-    data = dict(summary)
+    """``summary`` as compact JSON, its error shortened until the whole fits in 4 KiB.
+
+    Every value is scrubbed of known secrets first, nested ones included, and before anything
+    is cut: a secret cut in half would no longer be recognised.
+    """
+    from catalog_agent.logs import scrub_value
+
+    data = scrub_value(dict(summary))
     encoded = _encode(data)
     while len(encoded) > MAX_TERMINATION_BYTES and data.get("error"):
         error = str(data["error"])

@@ -28,8 +28,8 @@ from typing import Iterator, Sequence
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-BASE_IMAGE = os.environ.get("CATALOG_AGENT_TEST_BASE_IMAGE", "localhost/debian-py:bookworm")
-AGENT_IMAGE = os.environ.get("CATALOG_AGENT_TEST_IMAGE", "localhost/catalog-agent:test")
+BASE_IMAGE = os.environ.get("TEST_CATALOG_AGENT_BASE_IMAGE", "localhost/debian-py:bookworm")
+AGENT_IMAGE = os.environ.get("TEST_CATALOG_AGENT_IMAGE", "localhost/catalog-agent:test")
 CONTEXT_LABEL = "io.catalog-agent.test.context-sha256"
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 IN_CI = os.environ.get("CI", "").lower() == "true"

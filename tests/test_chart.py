@@ -550,6 +550,10 @@ def caller(packaged_chart: Path, tmp_path: Path):  # noqa: ANN201 - a factory
      '"when" "never") }}', 'when "never" is not one of success, failure, always'),
     ('{{ include "catalog-agent.wrapCommand" (dict "ctx" $ca "command" "python x.py") }}',
      '"command" must be a list'),
+    ('{{ include "catalog-agent.podAnnotations" (dict "ctx" $ca "containers" "main") }}',
+     '"containers" must be a list'),
+    ('{{ include "catalog-agent.podAnnotations" (dict "containers" (list "main")) }}',
+     'pass this chart\'s context as "ctx"'),
 ])
 def test_named_templates_refuse_bad_calls(helm: str, caller, call: str,  # noqa: ANN001
                                           message: str) -> None:
@@ -579,6 +583,70 @@ def test_named_template_options(helm: str, caller) -> None:  # noqa: ANN001
     assert {"name": "CATALOG_AGENT_LOG_LEVEL", "value": "debug"} in put["env"]
     assert get["name"] == "catalog-get" and get["args"] == ["get", "raw/**"]
     check_args_with_the_cli([put, get])
+
+
+SKIP_CONTAINERS = "eks.amazonaws.com/skip-containers"
+
+
+def pod_metadata(doc: dict[str, Any]) -> dict[str, Any]:
+    return doc["spec"]["template"]["metadata"] if doc["kind"] == "Job" else doc["metadata"]
+
+
+@pytest.mark.parametrize("name,kind", [("job", "Job"), ("native-sidecar-pod", "Pod")])
+def test_irsa_can_be_kept_out_of_the_main_container(helm: str, kube_validate: str, example,  # noqa: ANN001
+                                                    tmp_path: Path, name: str, kind: str) -> None:
+    """irsa.keepOutOfMain: the pod (not the ServiceAccount) carries skip-containers naming
+    exactly the containers that run the step's code, never an agent container."""
+    chart = example(name)
+    sets = ("catalog-agent.irsa.roleArn=arn:aws:iam::123456789012:role/catalog",
+            "catalog-agent.irsa.keepOutOfMain=true")
+    docs = render(helm, chart, sets=sets)
+    kube_validate_docs(kube_validate, docs, tmp_path)
+    (workload,) = [d for d in of_kind(docs, kind)
+                   if "helm.sh/hook" not in (d["metadata"].get("annotations") or {})]
+    annotations = pod_metadata(workload)["annotations"]
+    spec = pod_spec(workload)
+    every = spec.get("initContainers", []) + spec["containers"]
+    step_code = {c["name"] for c in every if c not in agent_containers(every)}
+    assert step_code == {"main"}
+    assert set(annotations[SKIP_CONTAINERS].split(",")) == step_code
+    (account,) = of_kind(docs, "ServiceAccount")
+    assert SKIP_CONTAINERS not in account["metadata"]["annotations"]  # a pod annotation
+    # Off by default: no annotation, no empty annotations block.
+    docs = render(helm, chart, sets=sets[:1])
+    (workload,) = [d for d in of_kind(docs, kind)
+                   if "helm.sh/hook" not in (d["metadata"].get("annotations") or {})]
+    assert SKIP_CONTAINERS not in (pod_metadata(workload).get("annotations") or {})
+    # Other names for the step's containers.
+    docs = render(helm, chart, sets=(*sets, "catalog-agent.irsa.mainContainers={main,eval}"))
+    (workload,) = [d for d in of_kind(docs, kind)
+                   if "helm.sh/hook" not in (d["metadata"].get("annotations") or {})]
+    assert pod_metadata(workload)["annotations"][SKIP_CONTAINERS] == "main,eval"
+
+
+def test_irsa_kept_out_of_main_in_the_argo_template(helm: str, example) -> None:  # noqa: ANN001
+    docs = render(helm, example("argo-workflowtemplate"),
+                  sets=("catalog-agent.irsa.keepOutOfMain=true",))
+    (template,) = of_kind(docs, "WorkflowTemplate")
+    assert argo_errors(argo_validator(), template) == []
+    step = {t["name"]: t for t in template["spec"]["templates"]}["catalog-step"]
+    assert step["metadata"]["annotations"] == {SKIP_CONTAINERS: "main"}
+    names = [c["name"] for c in step["containerSet"]["containers"]
+             if c.get("command") != ["catalog-agent"]]
+    assert names == ["main"]
+
+
+def test_pod_annotations_template_options(helm: str, caller) -> None:  # noqa: ANN001
+    chart = caller(
+        'metadata:\n'
+        '  annotations:\n'
+        '    {{- include "catalog-agent.podAnnotations" (dict "ctx" $ca "containers" '
+        '(list "trainer" "evaluate")) | nindent 4 }}\n')
+    done = run(helm, "template", "rel", str(chart), "--set",
+               "catalog-agent.irsa.keepOutOfMain=true", "--show-only", "templates/pod.yaml")
+    assert done.returncode == 0, done.stderr
+    assert yaml.safe_load(done.stdout)["metadata"]["annotations"] == {
+        SKIP_CONTAINERS: "trainer,evaluate"}
 
 
 def iter_values_comments() -> Iterator[tuple[int, str, bool]]:

@@ -68,7 +68,13 @@ class Pod:
 
 
 def finish(proc: subprocess.Popen[str], timeout: float = 120) -> tuple[int, str]:
-    out, err = proc.communicate(timeout=timeout)
+    """Wait for the process; one still running after ``timeout`` is killed (and fails)."""
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        raise AssertionError(f"still running after {timeout} s; output:\n{out}{err}") from None
     return proc.returncode, out + getattr(proc, "seen", "") + err
 
 
@@ -185,11 +191,29 @@ def test_a_misspelt_policy_is_one_line_exit_2(pod: Pod) -> None:
     assert "did you mean 'success'" in output and "Traceback" not in output
 
 
-@pytest.mark.parametrize("when,puts", [("success", False), ("failure", True)])
-def test_stale_heartbeat_after_sigkill_counts_as_failure(pod: Pod, s3: Any, bucket: str,
-                                                        when: str, puts: bool) -> None:
+def assert_main_lost(pod: Pod, s3: Any, bucket: str, code: int, output: str, words: str
+                     ) -> dict[str, Any]:
+    """Exit 8, nothing put, the error document and the termination message say why."""
+    assert code == 8, output
+    assert "Traceback" not in output
+    assert keys(s3, bucket) == [ERRORS], "nothing but the error document may be written"
+    doc = json.loads(s3.get_object(Bucket=bucket, Key=ERRORS)["Body"].read())
+    assert doc["exit_code"] == 8 and doc["kind"] == "main-lost" and doc["mode"] == "wait"
+    assert doc["main_exit_code"] is None and words in doc["error"]
+    message = pod.message()
+    assert message["exit_code"] == 8 and words in message["error"]
+    assert "decision" not in message  # no put and no skip was decided
+    return message
+
+
+@pytest.mark.parametrize("when", ["success", "failure", "always"])
+def test_stale_heartbeat_is_exit_8_and_puts_nothing_whatever_when(pod: Pod, s3: Any,
+                                                                  bucket: str,
+                                                                  when: str) -> None:
+    """The step (or only its heartbeat) died without an exit code: never a quiet exit 0, and
+    never a put of files the step may still be writing."""
     main = pod.main(0, delay=600, new_session=True)
-    put = pod.put("--wait", "--when", when, "--heartbeat-stale-seconds", "5", "**")
+    put = pod.put("--wait", "--when", when, "--heartbeat-stale-seconds", "3", "**")
     wait_for((pod.data / "started").exists)
     wait_for((pod.status / "heartbeat").exists)
     os.killpg(main.pid, signal.SIGKILL)  # OOM: the wrapper and its command die together
@@ -197,14 +221,44 @@ def test_stale_heartbeat_after_sigkill_counts_as_failure(pod: Pod, s3: Any, buck
     killed_at = time.monotonic()
     code, output = finish(put, timeout=60)
     print(f"put concluded {time.monotonic() - killed_at:.1f} s after the SIGKILL")
-    assert code == 0, output
     assert not (pod.status / "exit-code").exists()
-    message = pod.message()
-    assert message["main_exit_code"] is None
-    assert "heartbeat stale" in message["reason"]
-    assert (MANIFEST in keys(s3, bucket)) is puts
-    if puts:  # what the step had written before it died
-        assert f"{RUN}/started" in keys(s3, bucket)
+    message = assert_main_lost(pod, s3, bucket, code, output, "heartbeat stale")
+    assert message["when"] == when
+
+
+@pytest.mark.parametrize("source", ["flag", "env"])
+def test_a_heartbeat_that_never_appears_ends_the_wait_with_exit_8(pod: Pod, s3: Any,
+                                                                  bucket: str, tmp_path: Path,
+                                                                  source: str) -> None:
+    """The main container's status folder is not the put's (the volume is not mounted in
+    main, so the wrapper refuses to run): no heartbeat ever comes, and the bound ends the
+    wait instead of leaving the pod running for ever."""
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("")
+    env_main = {**pod.env, "CATALOG_AGENT_STATUS_DIR": str(blocked / "status")}
+    main = subprocess.run(["sh", str(WRAPPER), "--", "true"], env=env_main,
+                          capture_output=True, text=True, timeout=30)
+    assert main.returncode == 2 and "not writable" in main.stderr
+    args, env = ["--wait", "**"], {}
+    if source == "flag":
+        args += ["--first-heartbeat-seconds", "2"]
+    else:
+        env["CATALOG_AGENT_FIRST_HEARTBEAT_SECONDS"] = "2"
+    started = time.monotonic()
+    code, output = finish(pod.put(*args, env=env), timeout=60)
+    assert time.monotonic() - started < 45
+    assert_main_lost(pod, s3, bucket, code, output, "no heartbeat")
+    assert "/bin/sh" in output  # the hint names the usual causes
+
+
+def test_first_heartbeat_bound_is_validated_and_documented(pod: Pod) -> None:
+    code, output = finish(pod.put("--wait", "--first-heartbeat-seconds", "soon", "**"))
+    assert code == 2 and "first heartbeat seconds" in output
+    code, output = finish(pod.put("--on-sigterm", "--first-heartbeat-seconds", "5", "**"))
+    assert code == 2 and "applies only with --wait" in output
+    help_text = subprocess.run([sys.executable, "-m", "catalog_agent", "put", "--help"],
+                               capture_output=True, text=True, timeout=60).stdout
+    assert "CATALOG_AGENT_FIRST_HEARTBEAT_SECONDS" in help_text and "1800" in help_text
 
 
 def test_sigterm_is_forwarded_to_the_main_command(pod: Pod, s3: Any, bucket: str) -> None:
@@ -333,6 +387,211 @@ def test_termination_message_stays_under_4_kib_with_a_huge_error() -> None:
     assert len(raw) <= 4096
     parsed = json.loads(raw)
     assert parsed["exit_code"] == 5 and parsed["error"].endswith("...")
+
+
+# --- an exit-code file the step may have planted ------------------------------------------------
+
+def _limited_memory() -> None:
+    """preexec for puts that read hostile files: an old agent reading /dev/zero for ever would
+    otherwise take the whole machine's memory before failing."""
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
+
+
+def _plant(status: Path, kind: str) -> str:
+    """Put something other than the wrapper's work at <status>/exit-code; the words expected."""
+    status.mkdir()
+    target = status / "exit-code"
+    if kind == "fifo":
+        os.mkfifo(target)
+        return "is a FIFO"
+    if kind == "link-to-dev-zero":
+        target.symlink_to("/dev/zero")
+        return "is a symbolic link"
+    if kind == "link-to-a-zero":
+        (status.parent / "elsewhere").write_text("0\n")
+        target.symlink_to(status.parent / "elsewhere")
+        return "is a symbolic link"
+    if kind == "huge":
+        with open(target, "wb") as handle:
+            handle.truncate(8 << 30)  # sparse: 8 GiB that take no disk
+        return f"holds {8 << 30} bytes"
+    if kind == "folder":
+        target.mkdir()
+        return "is a folder"
+    text = {"garbage": "yes\n", "negative": "-1\n", "too-big": "256\n", "empty": "",
+            "spaces": " 0 \n"}[kind]
+    target.write_text(text)
+    return f"holds {text!r}"
+
+
+@pytest.mark.parametrize("kind", ["fifo", "link-to-dev-zero", "link-to-a-zero", "huge",
+                                  "folder", "garbage", "negative", "too-big", "empty",
+                                  "spaces"])
+def test_an_exit_code_that_is_not_the_wrappers_counts_as_a_failed_step(
+        pod: Pod, s3: Any, bucket: str, kind: str) -> None:
+    """Never followed, never blocking, never read whole: the step counts as failed, with the
+    reason, at once (well within --wait-timeout)."""
+    words = _plant(pod.status, kind)
+    (pod.data / "debug.log").write_text("what the step left")
+    started = time.monotonic()
+    put = subprocess.Popen([sys.executable, "-m", "catalog_agent", "put", "--wait", "--when",
+                            "failure", "--wait-timeout", "30", "**"], env=pod.env,
+                           cwd=pod.agent.cwd, text=True, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, preexec_fn=_limited_memory)
+    code, output = finish(put, timeout=40)
+    assert time.monotonic() - started < 25, "the put waited on the planted file"
+    assert code == 0, output
+    message = pod.message()
+    assert message["main_exit_code"] is None and message["decision"] == "put"
+    assert words in message["reason"] and "not an exit code" in message["reason"]
+    assert f"{RUN}/debug.log" in keys(s3, bucket)  # when=failure: the failed step's files
+
+
+def test_a_planted_exit_code_with_when_success_is_skipped_not_put(pod: Pod, s3: Any,
+                                                                  bucket: str) -> None:
+    _plant(pod.status, "link-to-a-zero")  # would read "0" if the link were followed
+    (pod.data / "out.txt").write_text("x")
+    code, output = finish(pod.put("--wait", "--wait-timeout", "30", "**"), timeout=40)
+    assert code == 0, output
+    assert keys(s3, bucket) == []
+    message = pod.message()
+    assert message["decision"] == "skipped" and "symbolic link" in message["reason"]
+
+
+def test_sigterm_still_stops_a_wait_next_to_a_planted_heartbeat_fifo(pod: Pod, s3: Any,
+                                                                     bucket: str) -> None:
+    pod.status.mkdir()
+    os.mkfifo(pod.status / "heartbeat")
+    put = pod.put("--wait", "**")
+    until_event(put, "waiting")
+    time.sleep(1.0)  # a few polls of the FIFO
+    put.send_signal(signal.SIGTERM)
+    code, output = finish(put, timeout=30)
+    assert code == 143, output
+    assert MANIFEST not in keys(s3, bucket)
+
+
+# --- a native sidecar told to put within milliseconds of its start ----------------------------
+
+def _sidecar(pod: Pod, *args: str, env: dict[str, str] | None = None,
+             block_sigterm: bool = False) -> subprocess.Popen[str]:
+    """put --on-sigterm, optionally started with SIGTERM blocked: a SIGTERM sent right after
+    the exec then waits, pending, through the interpreter's start until the agent lets it in;
+    so it arrives before any import, every time (where an unblocked one would race them)."""
+    def block() -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+
+    return subprocess.Popen([sys.executable, "-m", "catalog_agent", "put", "--on-sigterm",
+                             *args], env={**pod.env, **(env or {})}, cwd=pod.agent.cwd,
+                            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=block if block_sigterm else None)
+
+
+def _caught_signals(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return int(line.split()[1], 16)
+    return 0
+
+
+@pytest.mark.parametrize("when,main_code,puts", [("failure", 3, True), ("success", 3, False),
+                                                 ("success", 0, True)])
+def test_native_sidecar_signalled_at_once_still_decides_and_puts(pod: Pod, s3: Any,
+                                                                 bucket: str, when: str,
+                                                                 main_code: int,
+                                                                 puts: bool) -> None:
+    """The main command failed (or succeeded) at once: the kubelet's SIGTERM reaches the
+    sidecar right after its exec, before the CLI is even imported. Eight times each."""
+    assert subprocess.run(["sh", str(WRAPPER), "--", "sh", "-c", f"exit {main_code}"],
+                          env=pod.env, timeout=30).returncode == main_code
+    (pod.data / "partial.txt").write_text("what the step wrote")
+    for attempt in range(8):
+        step = f"s{attempt}"
+        sidecar = _sidecar(pod, "--when", when, "**", env={"CATALOG_AGENT_STEP": step},
+                           block_sigterm=True)
+        sidecar.send_signal(signal.SIGTERM)
+        code, output = finish(sidecar, timeout=60)
+        assert code == 0, output
+        message = pod.message()
+        assert message["mode"] == "on-sigterm" and message["main_exit_code"] == main_code
+        assert message["decision"] == ("put" if puts else "skipped"), output
+        manifest = f"{RUN}/.catalog-agent/manifests/{step}.json"
+        assert (manifest in keys(s3, bucket)) is puts
+        assert "signal received while starting" in output
+    assert (f"{RUN}/partial.txt" in keys(s3, bucket)) is puts
+
+
+def test_native_sidecar_signalled_at_once_records_a_failed_put(pod: Pod, s3: Any,
+                                                               bucket: str) -> None:
+    assert subprocess.run(["sh", str(WRAPPER), "--", "true"], env=pod.env,
+                          timeout=30).returncode == 0
+    for attempt in range(4):
+        sidecar = _sidecar(pod, "no-such-file.txt", block_sigterm=True)
+        sidecar.send_signal(signal.SIGTERM)
+        code, output = finish(sidecar, timeout=60)
+        assert code == 3, output
+        doc = json.loads(s3.get_object(Bucket=bucket, Key=ERRORS)["Body"].read())
+        assert doc["mode"] == "on-sigterm" and doc["exit_code"] == 3
+        assert doc["main_exit_code"] == 0
+        assert pod.message()["exit_code"] == 3
+        s3.delete_object(Bucket=bucket, Key=ERRORS)
+
+
+def test_native_sidecar_signalled_as_soon_as_it_catches_sigterm(pod: Pod, s3: Any,
+                                                                bucket: str) -> None:
+    """Unblocked: SIGTERM sent the moment the process shows a SIGTERM handler (/proc SigCgt),
+    i.e. right after the launcher installed it, while the CLI is still being imported."""
+    assert subprocess.run(["sh", str(WRAPPER), "--", "true"], env=pod.env,
+                          timeout=30).returncode == 0
+    (pod.data / "out.txt").write_text("result")
+    for attempt in range(6):
+        step = f"u{attempt}"
+        sidecar = _sidecar(pod, "**", env={"CATALOG_AGENT_STEP": step})
+        deadline = time.monotonic() + 30
+        while not _caught_signals(sidecar.pid) & (1 << (signal.SIGTERM - 1)):
+            assert time.monotonic() < deadline and sidecar.poll() is None
+        sidecar.send_signal(signal.SIGTERM)
+        code, output = finish(sidecar, timeout=60)
+        assert code == 0, output
+        assert pod.message()["decision"] == "put"
+        assert f"{RUN}/.catalog-agent/manifests/{step}.json" in keys(s3, bucket)
+
+
+def test_the_signal_handlers_come_before_any_other_import() -> None:
+    """The console script and `python -m catalog_agent` start in the launcher, which imports
+    nothing but `signal` before its handlers are in place."""
+    probe = ("import sys\n"
+             "before = set(sys.modules)\n"
+             "import catalog_agent.launcher as launcher\n"
+             "print(sorted(set(sys.modules) - before))\n")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          timeout=60, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert set(json.loads(done.stdout.replace("'", '"'))) <= {
+        "catalog_agent", "catalog_agent.launcher", "signal"}
+    import tomllib
+
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["catalog-agent"] == "catalog_agent.launcher:main"
+    assert "catalog_agent.launcher" in (ROOT / "catalog_agent" / "__main__.py").read_text()
+    assert (ROOT / "catalog_agent" / "__init__.py").read_text().count("import") == 0
+
+
+def test_early_signals_still_stop_the_commands_that_have_nothing_to_put(tmp_path: Path) -> None:
+    """A SIGTERM before install-entrypoint has run: it stops with 143, as it did before the
+    launcher recorded signals."""
+    def block() -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+
+    proc = subprocess.Popen([sys.executable, "-m", "catalog_agent", "install-entrypoint",
+                             str(tmp_path / "bin")], preexec_fn=block, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+    proc.send_signal(signal.SIGTERM)
+    code, output = finish(proc, timeout=60)
+    assert code == 143, output
+    assert not (tmp_path / "bin" / "entrypoint").exists()
 
 
 # --- stopping cleanly on SIGTERM during a transfer ---

@@ -32,3 +32,20 @@ def test_exit_code_table_matches_the_code() -> None:
     assert {int(code) for code in table} == set(EXIT_CODES)
     for code, text in EXIT_CODES.items():
         assert table[str(code)].replace("`", "") == text
+
+
+def test_tests_and_tools_read_no_catalog_agent_variable_of_their_own() -> None:
+    """CATALOG_AGENT_* belongs to the product (every such variable not a key is an error):
+    tests, benchmarks and scripts name their own settings differently."""
+    from catalog_agent.config import OTHER_ENV
+
+    product = {spec.env for spec in KEYS.values()} | OTHER_ENV
+    root = Path(__file__).parent.parent
+    read = re.compile(r"""environ(?:\.get\(|\[)\s*["'](CATALOG_AGENT_\w+)["']""")
+    found = {}
+    for folder in ("tests", "bench", "scripts"):
+        for path in (root / folder).rglob("*"):
+            if path.is_file() and path.suffix in {".py", ".sh", ""}:
+                for name in read.findall(path.read_text(errors="replace")):
+                    found.setdefault(name, path.relative_to(root))
+    assert {n: str(p) for n, p in found.items() if n not in product} == {}

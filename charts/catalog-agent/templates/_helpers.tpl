@@ -26,6 +26,7 @@ Public templates and their parameters (README "Kubernetes usage" has the full ta
   catalog-agent.mainVolumeMounts   ctx [data=true]
   catalog-agent.wrapCommand        ctx command
   catalog-agent.workingDir         ctx (the chart context itself; for main with layout magnus)
+  catalog-agent.podAnnotations     ctx [containers]
   catalog-agent.serviceAccountName ctx (the chart context itself)
   catalog-agent.podSecurityContext ctx (the chart context itself)
   catalog-agent.imagePullSecrets   ctx (the chart context itself)
@@ -335,4 +336,29 @@ command, forwards SIGTERM/SIGINT, and records its exit code for put.
 {{- fail "catalog-agent.wrapCommand: \"command\" must be a list, e.g. (list \"python\" \"train.py\")" }}
 {{- end }}
 {{- toJson (concat (list (include "catalog-agent.entrypointPath" $ctx) "--") $command) }}
+{{- end }}
+
+{{/*
+Public: the pod's annotations, as mapping lines (empty when there are none), for the pod's own
+metadata (a Job's spec.template.metadata, a Pod's metadata, an Argo template's metadata):
+
+  {{- with include "catalog-agent.podAnnotations" (dict "ctx" $ca) }}
+  annotations:
+    {{- . | nindent 4 }}
+  {{- end }}
+
+With irsa.keepOutOfMain: eks.amazonaws.com/skip-containers, the comma-separated names of the
+containers that run the step's own code (irsa.mainContainers, or the "containers" list given
+here), which EKS's pod identity webhook then leaves without the IRSA role.
+  ctx           required
+  containers    list of container names (default irsa.mainContainers)
+*/}}
+{{- define "catalog-agent.podAnnotations" -}}
+{{- $ctx := required "catalog-agent.podAnnotations: pass this chart's context as \"ctx\"" .ctx -}}
+{{- if and (hasKey . "containers") (not (kindIs "slice" .containers)) }}
+{{- fail "catalog-agent.podAnnotations: \"containers\" must be a list of container names" }}
+{{- end }}
+{{- if $ctx.Values.irsa.keepOutOfMain -}}
+eks.amazonaws.com/skip-containers: {{ join "," (.containers | default $ctx.Values.irsa.mainContainers) | quote }}
+{{- end }}
 {{- end }}
