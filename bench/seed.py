@@ -5,9 +5,9 @@ their manifests and object metadata are the agent's own. The million-key run is 
 that (and today's agents hold a put's plan whole): its objects are uploaded by s5cmd (the
 fastest honest writer found: real S3 PUTs through the gateway, ETag = MD5, as any client gets),
 and its manifests are written by the benchmark from the hashes taken while the files were
-generated, in the agent's own manifest format (``catalog_agent.manifest``), split into steps of
-at most ``MANIFEST_FILES`` entries each (a 1,000,000-entry manifest is about 310 MB, above the
-64 MiB a manifest may have for the agents at hand). A stamp object per set records which bytes
+generated, in the agent's own manifest format (``catalog_agent.manifest``): one manifest of a
+million entries (about 310 MB), which the agent reads line by line. A stamp object per set
+records which bytes
 (the data set's token) the seed holds, so that a kept server is seeded again only when the
 local set was rewritten.
 """
@@ -15,16 +15,16 @@ local set was rewritten.
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from bench import datasets
 from bench.tools import AGENT, REFERENCE, RUN_PREFIX, Tools
 
 BUCKET = "seed"
 STAMPS = "bench-seed-stamps/"  # outside the agent's prefix: no run ever sees them
-MANIFEST_FILES = 100_000
 S5CMD_WORKERS = "64"
 
 
@@ -54,7 +54,7 @@ class Seeder:
         assert local is not None, f"data set {dataset.name} is not written"
         wanted: dict[str, Any] = {"local": local}
         if dataset.name == "million":
-            wanted["manifest_files"] = MANIFEST_FILES
+            wanted["manifest"] = "one, line by line"
         return wanted
 
     def _seeded(self, dataset: datasets.DataSet) -> bool:
@@ -105,22 +105,20 @@ class Seeder:
         print(f"  s5cmd uploaded {dataset.count:,} objects in "
               f"{time.monotonic() - uploaded:.0f} s", flush=True)
         location = manifest.handler_location(f"s3://{BUCKET}", RUN_PREFIX)
-        batch: list[manifest.Entry] = []
-        part = 0
 
-        def flush() -> None:
-            nonlocal batch, part
-            step = f"seed-{part:03d}"
-            doc = manifest.document(batch, run_id=run, step=step, command="put")
-            self.client.put_object(Bucket=BUCKET, Key=manifest_key(f"{RUN_PREFIX}/{run}/", step),
-                                   Body=manifest.encode(doc))
-            batch, part = [], part + 1
+        def entries() -> Iterator[manifest.Entry]:
+            for relative, digest in datasets.hashes(self.data, dataset):
+                yield manifest.entry(f"{dataset.name}/{relative}", digest, dataset.size,
+                                     run_id=run, location=location, stage="put",
+                                     executable=False)
 
-        for relative, digest in datasets.hashes(self.data, dataset):
-            name = f"{dataset.name}/{relative}"
-            batch.append(manifest.entry(name, digest, dataset.size, run_id=run,
-                                        location=location, stage="put", executable=False))
-            if len(batch) == MANIFEST_FILES:
-                flush()
-        if batch:
-            flush()
+        # One manifest for the whole set, as a put of it writes: streamed to a file, then
+        # uploaded in parts (1,000,000 entries are about 310 MB).
+        step = "seed"
+        with tempfile.NamedTemporaryFile(dir=self.tools.t.work, suffix=".json") as spool:
+            for piece in manifest.encode(manifest.header(run_id=run, step=step,
+                                                         command="put"), entries()):
+                spool.write(piece)
+            spool.flush()
+            self.client.upload_file(spool.name, BUCKET,
+                                    manifest_key(f"{RUN_PREFIX}/{run}/", step))

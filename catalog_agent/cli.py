@@ -286,14 +286,18 @@ def ls(**kwargs: Any) -> None:
     config_path, flags, own = _split(kwargs)
 
     def body(config: Config, _cancel: threading.Event) -> dict[str, Any]:
-        rows = commands.ls(config, own["patterns"])
-        for row in rows:
-            if own["as_json"]:
-                click.echo(json.dumps(row, ensure_ascii=False))
+        files = size = 0
+        out = click.get_text_stream("stdout")
+        for row in commands.ls(config, own["patterns"]):  # rows as they come: a run may hold
+            if own["as_json"]:                            # a million files
+                out.write(json.dumps(row, ensure_ascii=False) + "\n")
             else:
-                click.echo(f"{row['size']:>12}  {row['sha256'][:16] or '-':<16}  "
-                           f"{row['step'] or '-':<16}  {row['path']}")
-        return {"command": "ls", "files": len(rows), "bytes": sum(r["size"] for r in rows)}
+                out.write(f"{row['size']:>12}  {row['sha256'][:16] or '-':<16}  "
+                          f"{row['step'] or '-':<16}  {row['path']}\n")
+            files += 1
+            size += row["size"]
+        out.flush()
+        return {"command": "ls", "files": files, "bytes": size}
 
     run("ls", body, config_path, flags)
 

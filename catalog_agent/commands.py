@@ -7,7 +7,7 @@ written from it) or raises an AgentError.
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import Any, Iterator
 
 from catalog_agent import dryrun, local, manifest, patterns, plan, run_state, runlog, transfer
 from catalog_agent.config import Config, require_run
@@ -84,7 +84,8 @@ def put(config: Config, given: tuple[str, ...], *, record: str | None,
             skipped += unstorable
             state = run_state.load(store, config.run_prefix, layout.folder)
             same_size = [e.relative for e in files
-                         if e.relative in state.objects and state.objects[e.relative].size == e.size]
+                         if (row := state.find(e.relative)) is not None
+                         and state.sizes[row] == e.size]
             state = run_state.with_metadata(store, state, same_size)
             if dry_run:
                 assert folder is not None or not items
@@ -99,22 +100,23 @@ def put(config: Config, given: tuple[str, ...], *, record: str | None,
             result, stored = transfer.put(store, folder, items, state,  # type: ignore[arg-type]
                                           concurrency=config.concurrency, cancel=cancel)
             location = _location(store, config)
-            entries_out = [manifest.entry(s.relative, s.sha256, s.size, run_id=config.run_id,
-                                          location=location, stage="put",
-                                          executable=s.executable,
-                                          in_run=layout.in_run(s.relative))
-                           for s in stored]
-            doc = manifest.document(entries_out, run_id=config.run_id, step=config.step,
-                                    command="put")
+
+            def entries_out() -> Iterator[manifest.Entry]:
+                return (manifest.entry(s.relative, s.sha256, s.size, run_id=config.run_id,
+                                       location=location, stage="put", executable=s.executable,
+                                       in_run=layout.in_run(s.relative)) for s in stored)
+
             key = manifest_key(config.run_prefix, config.step)
-            store.write_small(key, manifest.encode(doc))
+            head = manifest.header(run_id=config.run_id, step=config.step, command="put")
+            store.write_stream(key, manifest.encode(head, entries_out()))
         finally:
             store.close()
     finally:
         if folder is not None:
             folder.close()
     if record:
-        write_record(record, entries_out, command="put", run_id=config.run_id, step=config.step)
+        write_record(record, entries_out(), command="put", run_id=config.run_id,
+                     step=config.step)
     return _summary("put", result, manifest=f"{store.location}/{key}",
                     skipped_paths=len(skipped), retries=getattr(store, "retries", 0))
 
@@ -135,7 +137,8 @@ def get(config: Config, given: tuple[str, ...], *, record: str | None,
         if config.strict_verify:
             # An object nothing records may still carry its own hash: learn it (one HEAD each,
             # only those), so that strict refuses exactly what the get could not verify.
-            unrecorded = [i.relative for i in candidates if i.expected_sha256 is None]
+            unrecorded = [state.names[row] for row in candidates.rows
+                          if state.sha256(row) is None]
             if unrecorded:
                 state = run_state.with_metadata(store, state, unrecorded)
             candidates = plan.select_get(state, wanted, allow_missing=config.allow_missing,
@@ -170,14 +173,14 @@ def get(config: Config, given: tuple[str, ...], *, record: str | None,
                     reason="stored by another tool: no recorded hash to verify against")
     if record:
         location = _location(store, config)
-        entries_out = [manifest.entry(i.relative, i.expected_sha256 or "", i.size,
-                                      run_id=config.run_id, location=location, stage="get",
-                                      executable=i.executable,
-                                      in_run=state.layout.in_run(i.relative))
-                       for i in items if i.expected_sha256]
-        write_record(record, entries_out, command="get", run_id=config.run_id,
-                     step=config.step)
-    from_log = sum(1 for i in items if i.expected_from == run_state.RUN_LOG and not i.unchanged)
+        write_record(record, (manifest.entry(i.relative, i.expected_sha256, i.size,
+                                             run_id=config.run_id, location=location,
+                                             stage="get", executable=i.executable,
+                                             in_run=state.layout.in_run(i.relative))
+                              for i in items.items() if i.expected_sha256),
+                     command="get", run_id=config.run_id, step=config.step)
+    from_log = sum(1 for i in items.items() if i.expected_from == run_state.RUN_LOG
+                   and not i.unchanged)
     return _summary("get", result, unverified=len(result.unverified),
                     retries=getattr(store, "retries", 0), run_log=run_log,
                     verified_by_run_log=from_log)
@@ -196,29 +199,31 @@ def sync(config: Config, from_run: str, *, cancel: threading.Event,
     store = open_store(config, cancel)
     try:
         source = run_state.load(store, source_prefix)
-        items = plan.plan_sync(source, config.run_prefix)
+        copies, count, size = plan.plan_sync(source, config.run_prefix)
         if dry_run:
-            return dryrun.sync(items, len(source.manifests), log=get_logger())
-        result = transfer.copy(store, items, concurrency=config.concurrency, cancel=cancel)
+            return dryrun.sync(copies, len(source.manifests), log=get_logger())
+        result = transfer.copy(store, copies, (count, size), concurrency=config.concurrency,
+                               cancel=cancel)
         # Manifests last, rewritten to name the new run: the copy is complete when they exist.
         for step, obj in source.manifests.items():
-            raw = store.read_small(obj.key, manifest.MAX_MANIFEST_BYTES)
-            if raw is None:
+            chunks = store.read_stream(obj.key)
+            if chunks is None:
                 continue
-            old = manifest.parse(raw, f"{store.location}/{obj.key}")
-            new = [manifest.entry(e.name, e.data_hash, e.size, run_id=config.run_id,
+            old = manifest.read(chunks, f"{store.location}/{obj.key}")
+            new = (manifest.entry(e.name, e.data_hash, e.size, run_id=config.run_id,
                                   location=e.catalog_handler_location, stage=e.stage,
                                   executable=e.executable, in_run=manifest.path_in_run(e))
-                   for e in old]
-            doc = manifest.document(new, run_id=config.run_id, step=step, command="sync")
-            doc["synced_from"] = from_run
-            store.write_small(manifest_key(config.run_prefix, step), manifest.encode(doc))
+                   for e in old)
+            head = manifest.header(run_id=config.run_id, step=step, command="sync",
+                                   synced_from=from_run)
+            store.write_stream(manifest_key(config.run_prefix, step), manifest.encode(head, new))
     finally:
         store.close()
     return _summary("sync", result, from_run=from_run, manifests=len(source.manifests))
 
 
-def ls(config: Config, given: tuple[str, ...]) -> list[dict[str, Any]]:
+def ls(config: Config, given: tuple[str, ...]) -> Iterator[dict[str, Any]]:
+    """The run's files, one row at a time, in name order (a million rows are never a list)."""
     require_run(config)
     wanted = patterns.parse(given) if given else []
     store = open_store(config)
@@ -227,12 +232,8 @@ def ls(config: Config, given: tuple[str, ...]) -> list[dict[str, Any]]:
         runlog.learn(config, store, state, get_logger())
     finally:
         store.close()
-    rows = []
-    for relative, obj in sorted(state.objects.items()):
+    for row, relative in enumerate(state.names):
         if wanted and not any(p.matches(relative) for p in wanted):
             continue
-        recorded = state.recorded.get(relative) or state.logged.get(relative)
-        rows.append({"path": relative, "size": obj.size,
-                     "sha256": state.catalog_sha256(relative) or "",
-                     "step": recorded.step if recorded else ""})
-    return rows
+        yield {"path": relative, "size": state.sizes[row],
+               "sha256": state.catalog_sha256(relative) or "", "step": state.step(row)}

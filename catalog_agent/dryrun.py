@@ -9,9 +9,9 @@ pattern matching nothing exits 3, as the real run would.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
-from catalog_agent.plan import CopyItem, GetItem, PutItem, Skipped
+from catalog_agent.plan import CopyItem, GetItem, GetPlan, PutItem, Skipped
 from catalog_agent.run_state import METADATA
 from catalog_agent.stores.base import StoredObject
 
@@ -41,12 +41,12 @@ def put(planned: list[tuple[PutItem, str, bool]], skipped: list[Skipped],
                     len(planned) - len(moving) + len(skipped))
 
 
-def get(items: list[GetItem], log: Any,
+def get(planned: GetPlan, log: Any,
         head: Callable[[str], StoredObject | None] | None = None) -> dict[str, Any]:
     """``head``: the store's, to learn the hash an object carries itself where nothing records
     it (the real get verifies against it as the bytes arrive); one HEAD per such object."""
-    unverified = 0
-    for item in items:
+    unverified = moving = size = 0
+    for item in planned.items():
         if not item.unchanged and item.expected_sha256 is None and head is not None:
             stored = head(item.key)
             if stored is not None and stored.sha256:
@@ -55,7 +55,10 @@ def get(items: list[GetItem], log: Any,
         if item.unchanged:
             log.info("dry-run", action="skip", path=item.relative, key=item.key, size=item.size,
                      reason=UNCHANGED_GET)
-        elif item.expected_sha256 is None:
+            continue
+        moving += 1
+        size += item.size
+        if item.expected_sha256 is None:
             unverified += 1
             log.info("dry-run", action="get", path=item.relative, key=item.key, size=item.size,
                      verified_by="", reason="unverified: no manifest, run log or object "
@@ -63,13 +66,14 @@ def get(items: list[GetItem], log: Any,
         else:
             log.info("dry-run", action="get", path=item.relative, key=item.key, size=item.size,
                      verified_by=item.expected_from, sha256=item.expected_sha256)
-    moving = [i for i in items if not i.unchanged]
-    return _summary("get", len(moving), sum(i.size for i in moving), len(items) - len(moving),
-                    unverified=unverified)
+    return _summary("get", moving, size, len(planned) - moving, unverified=unverified)
 
 
-def sync(items: list[CopyItem], manifests: int, log: Any) -> dict[str, Any]:
-    for item in items:
+def sync(copies: Iterable[CopyItem], manifests: int, log: Any) -> dict[str, Any]:
+    count = size = 0
+    for item in copies:
         log.info("dry-run", action="copy", key=item.source_key, target=item.target_key,
                  size=item.size)
-    return _summary("sync", len(items), sum(i.size for i in items), 0, manifests=manifests)
+        count += 1
+        size += item.size
+    return _summary("sync", count, size, 0, manifests=manifests)

@@ -36,6 +36,10 @@ class Pattern:
         return compile_pattern(self.text)
 
     @cached_property
+    def everything(self) -> bool:
+        return self.segments == (ANY,)
+
+    @cached_property
     def names_folder(self) -> bool:
         """True when the last segment is a plain name: a folder of that name is taken whole."""
         return not has_wildcard(_normalise(self.text)[-1])
@@ -54,6 +58,8 @@ class Pattern:
         """
         if is_reserved(path):
             return False
+        if self.everything:  # '**', the commonest pattern: no need to look at the path
+            return True
         names = path.split("/")
         total = len(names)
         reach = {0}

@@ -6,9 +6,9 @@ the functions here turn them into a plan or a clear error, before a single byte 
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
-from typing import Callable, Iterable
+from array import array
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator
 
 from catalog_agent.errors import IntegrityError, NoMatchError, TransferError
 from catalog_agent.keys import unsafe_reason
@@ -17,7 +17,7 @@ from catalog_agent.patterns import Pattern
 from catalog_agent.run_state import RunState
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Skipped:
     """A matched path that will not move, and why (logged as a warning)."""
 
@@ -34,7 +34,7 @@ class Refused(IntegrityError):
         self.refused = refused
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PutItem:
     """A file to put: where it goes. Its hash is learnt as the transfer reads it."""
 
@@ -50,7 +50,7 @@ class PutItem:
         return self.entry.size
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Stored:
     """A file a put recorded: what the manifest says of it."""
 
@@ -61,7 +61,7 @@ class Stored:
     moved: bool  # False: the catalog already held these bytes under this key
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class GetItem:
     relative: str
     key: str
@@ -72,7 +72,45 @@ class GetItem:
     expected_from: str = ""  # manifest, run log or object metadata; '' when unverified
 
 
-@dataclass(frozen=True)
+@dataclass
+class GetPlan:
+    """The objects a get takes, as rows of the run's state (a million items would not fit as
+    objects), with a flag for each telling whether the local copy is already right."""
+
+    state: RunState
+    rows: array = field(default_factory=lambda: array("q"))
+    unchanged: bytearray = field(default_factory=bytearray)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def item(self, index: int) -> GetItem:
+        row = self.rows[index]
+        state = self.state
+        relative = state.names[row]
+        return GetItem(relative, state.key(relative), state.size(row), state.sha256(row),
+                       state.executable(row), bool(self.unchanged[index]) if self.unchanged
+                       else False, state.source(row))
+
+    def items(self) -> Iterator[GetItem]:
+        return (self.item(index) for index in range(len(self.rows)))
+
+    def moving(self) -> Iterator[GetItem]:
+        """The items to fetch, created one at a time."""
+        return (self.item(index) for index in range(len(self.rows))
+                if not (self.unchanged and self.unchanged[index]))
+
+    def moving_count(self) -> tuple[int, int]:
+        """(files, bytes) to fetch."""
+        files = size = 0
+        for index, row in enumerate(self.rows):
+            if not (self.unchanged and self.unchanged[index]):
+                files += 1
+                size += self.state.sizes[row]
+        return files, size
+
+
+@dataclass(frozen=True, slots=True)
 class CopyItem:
     source_key: str
     target_key: str
@@ -141,56 +179,69 @@ def plan_put(files: list[LocalEntry], key_of: Callable[[str], str], *,
 
 def already_stored(item: PutItem, sha256: str, size: int, state: RunState) -> bool:
     """True when the catalog holds exactly these bytes under the item's key (nothing to send)."""
-    stored = state.objects.get(item.relative)
-    return (stored is not None and stored.size == size
+    row = state.find(item.relative)
+    return (row is not None and state.sizes[row] == size
             and state.catalog_sha256(item.relative) == sha256)
 
 
 def select_get(state: RunState, patterns: list[Pattern], *, allow_missing: bool,
-               where: str, strict_verify: bool = False) -> list[GetItem]:
+               where: str, strict_verify: bool = False) -> GetPlan:
     """What a get fetches; any matched key that could leave the data folder stops it (exit 6),
     and with ``strict_verify`` so does any object with no recorded hash to check it against."""
-    chosen = _select(state.objects, patterns, allow_missing=allow_missing, where=where)
-    refused = [Skipped(state.objects[r].key, reason) for r in chosen
-               if (reason := unsafe_reason(r))]
+    chosen = _select_rows(state.names, patterns, allow_missing=allow_missing, where=where)
+    refused = [Skipped(state.key(state.names[row]), reason) for row in chosen
+               if (reason := unsafe_reason(state.names[row]))]
     if refused:
         raise Refused(f"refusing key {refused[0].relative!r}: {refused[0].reason}; nothing was "
                       f"written", refused)
-    items = []
-    for relative in chosen:
-        obj = state.objects[relative]
-        record = state.recorded.get(relative)
-        expected, source = state.expected(relative)
-        if expected is None and strict_verify:
-            raise IntegrityError(f"refusing {obj.key!r}: no manifest, run log or object metadata "
-                                 f"records its hash, and strict_verify is on; nothing was "
-                                 f"written")
-        items.append(GetItem(relative, obj.key, obj.size, expected,
-                             record.executable if record else obj.executable,
-                             expected_from=source))
-    return items
+    if strict_verify:
+        for row in chosen:
+            if state.sha256(row) is None:
+                raise IntegrityError(f"refusing {state.key(state.names[row])!r}: no manifest, "
+                                     f"run log or object metadata records its hash, and "
+                                     f"strict_verify is on; nothing was written")
+    return GetPlan(state, chosen)
 
 
-def plan_get(items: list[GetItem], local_sha256: Callable[[str, int], str | None]) -> list[GetItem]:
+def _select_rows(names: list[str], patterns: list[Pattern], *, allow_missing: bool,
+                 where: str) -> array:
+    """Rows matched by any pattern, in name order; a pattern matching nothing is an error."""
+    matched = bytearray(len(names))
+    for pattern in patterns:
+        found = False
+        for row, name in enumerate(names):
+            if pattern.matches(name):
+                matched[row] = 1
+                found = True
+        if not found and not allow_missing:
+            raise NoMatchError(f"pattern {pattern.text!r} matched nothing in {where}")
+    return array("q", (row for row, flag in enumerate(matched) if flag))
+
+
+def plan_get(selected: GetPlan, local_sha256: Callable[[str, int], str | None]) -> GetPlan:
     """Mark items whose local copy already has the expected hash (resume, not restart).
 
     ``local_sha256(relative, size)`` returns the local file's hash, or None when it is absent
     or of another size (so that no file is hashed in vain).
     """
-    planned = []
-    for item in items:
-        unchanged = (item.expected_sha256 is not None
-                     and local_sha256(item.relative, item.size) == item.expected_sha256)
-        planned.append(dataclasses.replace(item, unchanged=unchanged))
-    return planned
+    state = selected.state
+    unchanged = bytearray(len(selected.rows))
+    for index, row in enumerate(selected.rows):
+        expected = state.sha256(row)
+        if expected is not None and local_sha256(state.names[row], state.sizes[row]) == expected:
+            unchanged[index] = 1
+    return GetPlan(state, selected.rows, unchanged)
 
 
-def plan_sync(source: RunState, target_prefix: str) -> list[CopyItem]:
-    """Server-side copies of every data object of one run into another run."""
-    ordered = sorted(source.objects.items())
-    refused = [Skipped(obj.key, reason) for relative, obj in ordered
-               if (reason := unsafe_reason(relative))]
+def plan_sync(source: RunState, target_prefix: str) -> tuple[Iterator[CopyItem], int, int]:
+    """Server-side copies of every data object of one run into another run: (the copies, made
+    one at a time, their count, their bytes). Any key that could leave a data folder stops it
+    before anything is copied."""
+    refused = [Skipped(source.key(name), reason) for name in source.names
+               if (reason := unsafe_reason(name))]
     if refused:
         raise Refused(f"refusing to copy key {refused[0].relative!r}: {refused[0].reason}",
                       refused)
-    return [CopyItem(obj.key, target_prefix + relative, obj.size) for relative, obj in ordered]
+    copies = (CopyItem(source.key(name), target_prefix + name, source.sizes[row])
+              for row, name in enumerate(source.names))
+    return copies, len(source.names), sum(source.sizes)

@@ -55,11 +55,12 @@ def write_termination_message(summary: dict[str, Any], path: str | None = None) 
 
 def write_record(path: str, entries: Iterable[Entry], *, command: str, run_id: str,
                  step: str) -> None:
-    """The ``--record`` file: what this get or put moved, in manifest fields, atomically."""
-    from catalog_agent.manifest import document, encode
+    """The ``--record`` file: what this get or put moved, in manifest fields, atomically (written
+    piece by piece, as a manifest is)."""
+    from catalog_agent.manifest import encode, header
 
-    doc = document(entries, run_id=run_id, step=step, command=command)
     temporary = f"{path}.catalog-agent.part"
     with open(temporary, "wb") as handle:
-        handle.write(encode(doc))
+        for piece in encode(header(run_id=run_id, step=step, command=command), entries):
+            handle.write(piece)
     os.replace(temporary, path)

@@ -253,7 +253,7 @@ def learn(config: Config, catalog: Store, state: RunState, log: Any) -> str:
     location, or '' when none was read. Read only when needed: a run the agent alone wrote
     costs no request."""
     settings = config.run_log_store
-    if settings is None or all(relative in state.recorded for relative in state.objects):
+    if settings is None or state.all_recorded():
         return ""
     if not settings.readable:
         log.warning("run log not read", run_log_store=settings.type,

@@ -20,7 +20,7 @@ from catalog_agent.errors import AgentError, IntegrityError, Interrupted, Transf
 from catalog_agent.hashing import IN_MEMORY, digest_file
 from catalog_agent.local import Folder
 from catalog_agent.logs import get_logger
-from catalog_agent.plan import CopyItem, GetItem, PutItem, Stored
+from catalog_agent.plan import CopyItem, GetItem, GetPlan, PutItem, Stored
 from catalog_agent.run_state import RunState
 from catalog_agent.stores.base import Store
 
@@ -209,7 +209,7 @@ def _count_partial(exc: AgentError, progress: Progress, result: Result) -> None:
     setattr(exc, "summary", {**getattr(exc, "summary", {}), **moved})
 
 
-def _execute(moving: list[T], size: Callable[[T], int], work: Callable[[T, Progress], Any],
+def _execute(moving: Iterable[T], totals: tuple[int, int], work: Callable[[T, Progress], Any],
              result: Result, *, concurrency: int, cancel: threading.Event,
              store: Store | None = None) -> Result:
     """Run ``work`` over ``moving`` with progress; ``result`` gains what moved, even on failure.
@@ -218,7 +218,7 @@ def _execute(moving: list[T], size: Callable[[T], int], work: Callable[[T, Progr
     without, a blocking function run on threads (:func:`run_pool`).
     """
     started = time.monotonic()
-    with Progress(len(moving), sum(size(i) for i in moving)) as progress:
+    with Progress(*totals) as progress:
         try:
             if store is not None:
                 run_async(moving, lambda item: work(item, progress), concurrency=concurrency,
@@ -282,7 +282,7 @@ def put(store: Store, folder: Folder, items: list[PutItem], state: RunState, *,
             with skipped_lock:
                 result.skipped += 1
 
-    _execute(list(enumerate(items)), lambda pair: pair[1].size, upload, result,
+    _execute(enumerate(items), (len(items), sum(i.size for i in items)), upload, result,
              concurrency=concurrency, cancel=cancel, store=store)
     return result, [r for r in recorded if r is not None]
 
@@ -305,11 +305,11 @@ def hash_for_plan(store: Store, folder: Folder, items: list[PutItem], state: Run
     return planned
 
 
-def get(store: Store, folder: Folder, items: list[GetItem], *, concurrency: int,
+def get(store: Store, folder: Folder, planned: GetPlan, *, concurrency: int,
         cancel: threading.Event) -> Result:
     """Fetch every item not already present; each file appears only verified and complete."""
-    moving = [i for i in items if not i.unchanged]
-    result = Result(skipped=len(items) - len(moving))
+    count, size = planned.moving_count()
+    result = Result(skipped=len(planned) - count)
     unverified_lock = threading.Lock()
 
     async def download(item: GetItem, progress: Progress) -> None:
@@ -330,11 +330,11 @@ def get(store: Store, folder: Folder, items: list[GetItem], *, concurrency: int,
             target.discard()
         progress.file_done()
 
-    return _execute(moving, lambda i: i.size, download, result, concurrency=concurrency,
-                    cancel=cancel, store=store)
+    return _execute(planned.moving(), (count, size), download, result,
+                    concurrency=concurrency, cancel=cancel, store=store)
 
 
-def copy(store: Store, items: list[CopyItem], *, concurrency: int,
+def copy(store: Store, items: Iterable[CopyItem], totals: tuple[int, int], *, concurrency: int,
          cancel: threading.Event) -> Result:
     """Server-side copies (sync between runs): no byte passes through the agent."""
     def copy_one(item: CopyItem, progress: Progress) -> None:
@@ -342,5 +342,4 @@ def copy(store: Store, items: list[CopyItem], *, concurrency: int,
         progress.add_bytes(item.size)
         progress.file_done()
 
-    return _execute(items, lambda i: i.size, copy_one, Result(), concurrency=concurrency,
-                    cancel=cancel)
+    return _execute(items, totals, copy_one, Result(), concurrency=concurrency, cancel=cancel)

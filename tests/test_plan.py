@@ -7,8 +7,7 @@ from catalog_agent.errors import IntegrityError, NoMatchError
 from catalog_agent.layout import Layout
 from catalog_agent.local import FILE, LINK_OUTSIDE, SPECIAL, LocalEntry
 from catalog_agent.patterns import parse
-from catalog_agent.run_state import Recorded, RunState
-from catalog_agent.stores.base import StoredObject
+from catalog_agent.run_state import METADATA, RunState
 
 H1, H2 = "1" * 64, "2" * 64
 
@@ -16,10 +15,11 @@ H1, H2 = "1" * 64, "2" * 64
 def state(objects: dict[str, int], recorded: dict[str, str] | None = None,
           meta: dict[str, str] | None = None) -> RunState:
     s = RunState("p/run/")
-    for rel, size in objects.items():
-        s.objects[rel] = StoredObject("p/run/" + rel, size, sha256=(meta or {}).get(rel))
+    s.add_objects(objects.items())
+    for rel, sha in (meta or {}).items():
+        s.record(rel, sha, objects[rel], False, "", source=METADATA)
     for rel, sha in (recorded or {}).items():
-        s.recorded[rel] = Recorded(sha, objects[rel], False, "step1")
+        s.record(rel, sha, objects[rel], False, "step1")
     return s
 
 
@@ -93,7 +93,8 @@ def test_a_pattern_matching_nothing_is_an_error_naming_it() -> None:
 def test_get_takes_expected_hashes_from_manifests_then_metadata() -> None:
     s = state({"a": 3, "b": 3, "c": 3}, recorded={"a": H1}, meta={"b": H2})
     items = plan.select_get(s, parse(["**"]), allow_missing=False, where="w")
-    assert {i.relative: i.expected_sha256 for i in items} == {"a": H1, "b": H2, "c": None}
+    assert {i.relative: i.expected_sha256 for i in items.items()} == {"a": H1, "b": H2,
+                                                                      "c": None}
 
 
 @pytest.mark.parametrize("hostile", ["../escape", "a/../../b", "/abs", "a//b", "a\\b", "a\x00b",
@@ -109,10 +110,36 @@ def test_get_skips_local_files_with_the_expected_hash() -> None:
                             parse(["**"]), allow_missing=False, where="w")
     local = {"a": H1, "b": H2}
     planned = plan.plan_get(items, lambda rel, size: local.get(rel))
-    assert {i.relative: i.unchanged for i in planned} == {"a": True, "b": False, "c": False}
+    assert {i.relative: i.unchanged for i in planned.items()} == {"a": True, "b": False,
+                                                                  "c": False}
+    assert [i.relative for i in planned.moving()] == ["b", "c"]
 
 
 def test_sync_copies_every_data_object_into_the_new_run() -> None:
-    items = plan.plan_sync(state({"a": 1, "d/b": 2}), "p/run2/")
+    items, count, size = plan.plan_sync(state({"d/b": 2, "a": 1}), "p/run2/")
     assert [(i.source_key, i.target_key) for i in items] == [
         ("p/run/a", "p/run2/a"), ("p/run/d/b", "p/run2/d/b")]
+    assert (count, size) == (2, 3)
+
+
+def test_the_state_finds_rows_by_bisection_whatever_order_the_listing_came_in() -> None:
+    s = state({"b/2": 2, "a.txt": 1, "a/1": 3, "é": 4})
+    assert s.names == ["a.txt", "a/1", "b/2", "é"]  # code point order: S3's UTF-8 order
+    assert [s.sizes[s.find(n)] for n in ("a/1", "é")] == [3, 4]
+    assert s.find("a") is None and "b/2" in s and "c" not in s
+
+
+def test_a_stronger_record_wins_and_a_weaker_one_never_replaces_it() -> None:
+    from catalog_agent.run_state import MANIFEST, RUN_LOG
+
+    s = state({"a": 3})
+    s.record("a", H2, 3, False, "", source=METADATA)
+    assert s.expected("a") == (H2, METADATA)
+    s.record("a", H1, -1, False, "magnus-step", source=RUN_LOG)
+    assert s.expected("a") == (H1, RUN_LOG)
+    s.record("a", H2, 3, True, "agent-step", source=MANIFEST)
+    s.record("a", H1, -1, False, "late-log", source=RUN_LOG)
+    assert s.expected("a") == (H2, MANIFEST) and s.step(s.find("a")) == "agent-step"
+    assert s.catalog_sha256("a") == H2
+    s.record("a", H1, 99, False, "other", source=MANIFEST)  # a newer manifest, other size
+    assert s.catalog_sha256("a") is None and s.expected("a") == (H1, MANIFEST)

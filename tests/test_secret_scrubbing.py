@@ -165,14 +165,22 @@ def test_sts_sessions_from_web_identity_and_assume_role_are_scrubbed_refreshes_t
         no_aws_env: pytest.MonkeyPatch, moto_server: MotoServer, tmp_path: Path) -> None:  # noqa: F811
     from catalog_agent.credentials import resolve
 
+    from catalog_agent.credentials import session_name
+
     token_file = tmp_path / "token"
     web_token = ".".join(secrets.token_urlsafe(24) for _ in range(3))
     token_file.write_text(web_token)
-    no_aws_env.setenv("AWS_ROLE_ARN", f"arn:aws:iam::{ACCOUNT}:role/irsa")
+    # Real roles: moto checks every signature and trust policy (tests/moto_aws.py).
+    suffix = secrets.token_hex(4)
+    irsa_role = moto_server.make_web_identity_role(f"irsa-{suffix}")
+    target = moto_server.make_role(
+        f"target-{suffix}",
+        f"arn:aws:sts::{ACCOUNT}:assumed-role/irsa-{suffix}/{session_name('r', 's')}")
+    no_aws_env.setenv("AWS_ROLE_ARN", irsa_role)
     no_aws_env.setenv("AWS_WEB_IDENTITY_TOKEN_FILE", str(token_file))
     before = {r["secret_access_key"] for r in moto_server.issued()}
     resolved = resolve(_config(CATALOG_AGENT_STS_ENDPOINT_URL=moto_server.endpoint,
-                               CATALOG_AGENT_ROLE_ARN=f"arn:aws:iam::{ACCOUNT}:role/target"))
+                               CATALOG_AGENT_ROLE_ARN=target))
     assert resolved.method == "assume-role" and resolved.base == "irsa"
     issued = [r for r in moto_server.issued() if r["secret_access_key"] not in before]
     assert len(issued) == 2  # the web identity session and the assumed role's

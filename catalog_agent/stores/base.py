@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterator, Protocol
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Protocol
 
 if TYPE_CHECKING:
     from catalog_agent.hashing import Digest
@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 ProgressCallback = Callable[[int], None]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StoredObject:
     """An object as listed or read from the store."""
 
@@ -46,6 +46,12 @@ class Store(Protocol):
     def read_small(self, key: str, limit: int) -> bytes | None: ...
 
     def write_small(self, key: str, data: bytes) -> None: ...
+
+    def read_stream(self, key: str) -> Iterator[bytes] | None:
+        """The object's bytes in pieces as they arrive; None when there is no such object."""
+
+    def write_stream(self, key: str, chunks: Iterable[bytes]) -> None:
+        """Store the concatenation of ``chunks`` without holding it whole."""
 
     def part_size(self, size: int) -> int | None:
         """Bytes per part when an object of ``size`` bytes goes in parts (None: in one piece)."""

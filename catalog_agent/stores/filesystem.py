@@ -13,7 +13,7 @@ import os
 import stat
 import threading
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from catalog_agent.errors import FileChanged, IntegrityError, Interrupted, TransferError
 from catalog_agent.hashing import Digest
@@ -92,6 +92,35 @@ class FileSystemStore:
             return folder.open_existing(key)
         except (OSError, IntegrityError):
             return None
+
+    def read_stream(self, key: str) -> Iterator[bytes] | None:
+        fd = self._read(key)
+        if fd is None:
+            return None
+        return self._chunks(fd)
+
+    @staticmethod
+    def _chunks(fd: int) -> Iterator[bytes]:
+        try:
+            offset = 0
+            while chunk := os.pread(fd, CHUNK, offset):
+                offset += len(chunk)
+                yield chunk
+        finally:
+            os.close(fd)
+
+    def write_stream(self, key: str, chunks: Iterable[bytes]) -> None:
+        target = self._create(key)
+        try:
+            offset = 0
+            for chunk in chunks:
+                view = memoryview(chunk)
+                while view:
+                    count = os.pwrite(target.fd, view, offset)
+                    view, offset = view[count:], offset + count
+            target.commit(executable=False)
+        finally:
+            target.discard()
 
     def write_small(self, key: str, data: bytes) -> None:
         target = self._create(key)

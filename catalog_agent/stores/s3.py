@@ -17,7 +17,7 @@ import math
 import os
 import threading
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from catalog_agent import tls
 from catalog_agent.aws import RetryCounter, s3_client, translate
@@ -218,6 +218,100 @@ class S3Store:
             if _status(exc) == 404:
                 return None
             raise translate(exc, f"read s3://{self.bucket}/{key}", bucket=self.bucket) from None
+
+    def read_stream(self, key: str) -> Iterator[bytes] | None:
+        """The object's bytes as they arrive (None when there is no such object); a body cut
+        short is picked up where it broke (a Range request, If-Match its ETag)."""
+        what = f"read s3://{self.bucket}/{key}"
+        try:
+            response = self.http.get(key)
+        except AgentError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            if _status(exc) == 404:
+                return None
+            raise translate(exc, what, bucket=self.bucket) from None
+        return self._stream(key, response, what)
+
+    def _stream(self, key: str, response: Any, what: str) -> Iterator[bytes]:
+        total = int(response.headers.get("Content-Length", 0))
+        etag = response.headers.get("ETag", "")
+        offset, attempt = 0, 1
+        transient = _transient_body_errors()
+        while True:
+            try:
+                for chunk in response.stream(READ_CHUNK, decode_content=False):
+                    offset += len(chunk)
+                    yield chunk
+                if offset != total:
+                    raise ConnectionError(f"the body of {key} ended at {offset} of {total}")
+                return
+            except transient as exc:
+                if attempt >= self.attempts:
+                    raise translate(exc, what, bucket=self.bucket) from None
+                attempt += 1
+                self.retry_counter.add()
+            finally:
+                finish(response)
+            try:
+                response = self.http.get(key, {"Range": f"bytes={offset}-",
+                                                **({"If-Match": etag} if etag else {})})
+            except AgentError:
+                raise
+            except Exception as exc:  # noqa: BLE001
+                raise translate(exc, what, bucket=self.bucket) from None
+
+    def write_stream(self, key: str, chunks: Iterable[bytes]) -> None:
+        """Store the concatenated ``chunks`` (a manifest), never holding more than one part:
+        one PUT when they stay under the multipart threshold, else a multipart upload of parts
+        of ``multipart_chunksize`` bytes, aborted on any failure."""
+        what = f"write s3://{self.bucket}/{key}"
+        headers = {"Content-Type": "application/json", **self._headers({})}
+        pieces = iter(chunks)
+        buffer = bytearray()
+        for chunk in pieces:
+            buffer += chunk
+            if len(buffer) >= self.threshold:
+                break
+        else:
+            try:
+                self.http.put(key, Payload.of(bytes(buffer)), headers)
+            except AgentError:
+                raise
+            except Exception as exc:  # noqa: BLE001
+                raise translate(exc, what, bucket=self.bucket) from None
+            return
+        try:
+            upload_id = self.http.create_upload(key, headers)
+        except AgentError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise translate(exc, what, bucket=self.bucket) from None
+        parts: list[tuple[str, str | None]] = []
+        size = self.preferred_part_size
+
+        def send(data: bytes) -> None:
+            payload = Payload.of(data)
+            etag = self.http.upload_part(key, upload_id, len(parts) + 1, payload)
+            parts.append((etag, base64.b64encode(bytes.fromhex(payload.sha256 or "")).decode()))
+
+        try:
+            for chunk in pieces:
+                buffer += chunk
+                while len(buffer) >= size:
+                    send(bytes(buffer[:size]))
+                    del buffer[:size]
+            while len(buffer) >= size:
+                send(bytes(buffer[:size]))
+                del buffer[:size]
+            if buffer:
+                send(bytes(buffer))
+            self.http.complete_upload(key, upload_id, parts)
+        except BaseException as exc:
+            self._abort_upload(key, upload_id)
+            if isinstance(exc, AgentError) or not isinstance(exc, Exception):
+                raise
+            raise translate(exc, what, bucket=self.bucket) from None
 
     def write_small(self, key: str, data: bytes) -> None:
         try:
