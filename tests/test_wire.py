@@ -83,17 +83,14 @@ def test_adaptive_mode_slows_down_after_throttling() -> None:
     standard = retries.RetryPolicy(mode="standard", max_attempts=5)
     adaptive = retries.RetryPolicy(mode="adaptive", max_attempts=5)
     for policy in (standard, adaptive):
-        for _ in range(3):
-            policy.before_send()
-            policy.after_response(throttled=True)
+        policy.before_send()
+        policy.after_response(throttled=True)
     started = time.monotonic()
-    for _ in range(3):
-        standard.before_send()
+    standard.before_send()
     assert time.monotonic() - started < 0.1
     started = time.monotonic()
-    for _ in range(3):
-        adaptive.before_send()
-    assert time.monotonic() - started > 0.5
+    adaptive.before_send()  # the bucket refills at botocore's slowest rate, 0.5 a second
+    assert time.monotonic() - started > 1.0
 
 
 # --- against SeaweedFS ---
