@@ -131,14 +131,7 @@ def run_pool(items: Iterable[T], work: Callable[[T], None], *, concurrency: int,
         # an untimed join until the whole transfer is done; waking up lets its handler run.
         while thread.is_alive():
             thread.join(SIGNAL_POLL)
-    if errors:
-        first = next((e for e in errors if not isinstance(e, Interrupted)), errors[0])
-        if isinstance(first, AgentError):
-            raise first
-        if isinstance(first, OSError):
-            where = f" ({first.filename})" if first.filename else ""
-            raise TransferError(f"{first.strerror or first}{where}") from None
-        raise TransferError(f"{type(first).__name__}: {first}") from first
+    _raise_first(errors)
 
 
 def run_async(items: Iterable[T], work: Callable[[T], Awaitable[None]], *, concurrency: int,
@@ -193,14 +186,20 @@ def run_async(items: Iterable[T], work: Callable[[T], Awaitable[None]], *, concu
         runner(main())
     else:
         asyncio.run(main())
-    if errors:
-        first = next((e for e in errors if not isinstance(e, Interrupted)), errors[0])
-        if isinstance(first, AgentError):
-            raise first
-        if isinstance(first, OSError):
-            where = f" ({first.filename})" if first.filename else ""
-            raise TransferError(f"{first.strerror or first}{where}") from None
-        raise TransferError(f"{type(first).__name__}: {first}") from first
+    _raise_first(errors)
+
+
+def _raise_first(errors: list[BaseException]) -> None:
+    """The first real failure as an agent error (an Interrupted only when nothing else failed)."""
+    if not errors:
+        return
+    first = next((e for e in errors if not isinstance(e, Interrupted)), errors[0])
+    if isinstance(first, AgentError):
+        raise first
+    if isinstance(first, OSError):
+        where = f" ({first.filename})" if first.filename else ""
+        raise TransferError(f"{first.strerror or first}{where}") from None
+    raise TransferError(f"{type(first).__name__}: {first}") from first
 
 
 def _count_partial(exc: AgentError, progress: Progress, result: Result) -> None:

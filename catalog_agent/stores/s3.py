@@ -475,9 +475,7 @@ class S3Store:
     async def _get_small(self, key: str, target: Incoming, progress: ProgressCallback,
                          cancel: threading.Event) -> Fetched:
         """GET and write to ``target`` while hashing; a broken body fetches this object again."""
-        for attempt in range(1, self.attempts + 1):
-            if cancel.is_set():
-                raise Interrupted("stopped before the transfer finished")
+        async def fetch(attempt: int) -> Fetched:
             digest = hashlib.sha256()
             written = [0]
 
@@ -488,18 +486,28 @@ class S3Store:
 
             if attempt > 1:  # a body cut short: start the file again
                 os.ftruncate(target.fd, 0)
-            try:
-                reply = await self.s3.get(key, sink)
-            except BodyCut:
-                if attempt == self.attempts:
-                    raise TransferError(f"download s3://{self.bucket}/{key} failed after "
-                                        f"retries: the body was cut short {attempt} "
-                                        f"times") from None
-                self.retry_counter.add()
-                continue
+            reply = await self.s3.get(key, sink)
             progress(written[0])
             stored = _stored(key, reply.headers, written[0])
             return Fetched(digest.hexdigest(), stored.sha256, stored.executable)
+
+        return await self._again_when_cut(fetch, key, "the body", cancel)
+
+    async def _again_when_cut(self, fetch: Callable[[int], Awaitable[T]], key: str, what: str,
+                              cancel: threading.Event) -> T:
+        """``fetch(attempt)`` again while its response body is cut short, up to max_attempts;
+        each new attempt is a counted retry. (botocore does not retry a body: the store does.)"""
+        for attempt in range(1, self.attempts + 1):
+            if cancel.is_set():
+                raise Interrupted("stopped before the transfer finished")
+            try:
+                return await fetch(attempt)
+            except BodyCut:
+                if attempt == self.attempts:
+                    raise TransferError(f"download s3://{self.bucket}/{key} failed after "
+                                        f"retries: {what} was cut short {attempt} "
+                                        f"times") from None
+                self.retry_counter.add()
         raise AssertionError("unreachable")
 
     async def _get_large(self, key: str, target: Incoming, size: int,
@@ -523,6 +531,8 @@ class S3Store:
         async def fetch(index: int) -> None:
             try:
                 await self._get_part(key, fd, parts[index], size, condition, cancel, slots)
+            except asyncio.CancelledError:
+                raise
             except BaseException as exc:
                 if not landed[index].done():
                     landed[index].set_exception(exc)
@@ -557,34 +567,26 @@ class S3Store:
                         slots: asyncio.Semaphore) -> tuple[str, StoredObject]:
         """One byte range into its place in ``fd``; a broken body fetches this part again."""
         start, end = part
-        for attempt in range(1, self.attempts + 1):
-            if cancel.is_set():
-                raise Interrupted("stopped before the transfer finished")
+
+        async def fetch(attempt: int) -> tuple[str, StoredObject]:
             offset = [start]
 
             def sink(block: bytes) -> None:
                 _pwrite_all(fd, block, offset[0])
                 offset[0] += len(block)
 
-            try:
-                async with slots:
-                    reply = await self.s3.get(key, sink, {"Range": f"bytes={start}-{end - 1}",
-                                                          **condition})
-                total = reply.headers.get("content-range", "").rpartition("/")[2]
-                if total != str(size):
-                    raise TransferError(f"download s3://{self.bucket}/{key} failed: the "
-                                        f"object changed size while being read ({total})")
-                if offset[0] != end:
-                    raise BodyCut(f"part {start}-{end} ended at {offset[0]}")
-            except BodyCut:
-                if attempt == self.attempts:
-                    raise TransferError(f"download s3://{self.bucket}/{key} failed after "
-                                        f"retries: a part's body was cut short {attempt} "
-                                        f"times") from None
-                self.retry_counter.add()
-                continue
+            async with slots:
+                reply = await self.s3.get(key, sink, {"Range": f"bytes={start}-{end - 1}",
+                                                      **condition})
+            total = reply.headers.get("content-range", "").rpartition("/")[2]
+            if total != str(size):
+                raise TransferError(f"download s3://{self.bucket}/{key} failed: the object "
+                                    f"changed size while being read ({total})")
+            if offset[0] != end:
+                raise BodyCut(f"part {start}-{end} ended at {offset[0]}")
             return reply.headers.get("etag", ""), _stored(key, reply.headers, size)
-        raise AssertionError("unreachable")
+
+        return await self._again_when_cut(fetch, key, "a part's body", cancel)
 
     def copy(self, source_key: str, target_key: str, *, size: int) -> None:
         source = {"Bucket": self.bucket, "Key": source_key}

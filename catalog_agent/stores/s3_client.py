@@ -490,22 +490,10 @@ class S3Client:
                     while await reader.readuntil(b"\r\n") != b"\r\n":  # trailers
                         pass
                     return
-                left = size
-                while left:
-                    block = await reader.read(min(BLOCK, left))
-                    if not block:
-                        raise asyncio.IncompleteReadError(b"", left)
-                    connection.touch()
-                    left -= len(block)
+                async for block in _blocks(connection, size):
                     yield block
                 await reader.readexactly(2)
-        left = int(headers.get("content-length", "0") or 0)
-        while left:
-            block = await reader.read(min(BLOCK, left))
-            if not block:
-                raise asyncio.IncompleteReadError(b"", left)
-            connection.touch()
-            left -= len(block)
+        async for block in _blocks(connection, int(headers.get("content-length", "0") or 0)):
             yield block
 
     # --- the pool ---
@@ -558,6 +546,18 @@ class S3Client:
         for connection in list(self._all):
             self._forget(connection)
         self._idle.clear()
+
+
+async def _blocks(connection: _Connection, size: int) -> AsyncIterator[bytes]:
+    """The next ``size`` bytes of a connection, as they arrive; an early end is an error."""
+    left = size
+    while left:
+        block = await connection.reader.read(min(BLOCK, left))
+        if not block:
+            raise asyncio.IncompleteReadError(b"", left)
+        connection.touch()
+        left -= len(block)
+        yield block
 
 
 def _parse_head(raw: bytes) -> tuple[int, dict[str, str]]:
