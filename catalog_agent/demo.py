@@ -20,7 +20,7 @@ BUCKET = "demo-catalog"
 RUN_ID = "demo-run-1"
 NEXT_STEPS = """
 next, in the repository:
-  add the agent to a Job      README.md "Add it to a Job"; charts/catalog-agent/examples/job
+  add the agent to a Job      README.md "A complete Job"; charts/catalog-agent/examples/job
   check your catalog          catalog-agent config --check --config config.yaml --run-id RUN
                               (credentials, identity, list, write, read: docs/credentials.md)
   every key, flag, variable   docs/configuration.md"""

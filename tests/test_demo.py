@@ -16,7 +16,7 @@ def test_demo_puts_gets_and_prints_the_manifest(tmp_path) -> None:
         in done.stdout
     last = done.stdout.rstrip().splitlines()[-5:]  # it ends by saying where to go next
     assert last[0] == "next, in the repository:"
-    assert 'README.md "Add it to a Job"' in last[1] and "examples/job" in last[1]
+    assert 'README.md "A complete Job"' in last[1] and "examples/job" in last[1]
     assert "catalog-agent config --check" in last[2]
     assert "docs/configuration.md" in last[4]
     assert list(tmp_path.iterdir()) == []  # the server's folder and the work folder are gone

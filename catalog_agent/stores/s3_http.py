@@ -2,8 +2,8 @@
 
 Why not botocore here: it spends about 2.5 ms of CPU per request (model-driven serialising,
 event hooks, response parsing), and with the GIL that caps the agent near 400 small objects a
-second whatever the concurrency; signing by hand costs about 0.6 ms (bench/, README
-"Performance"). It also spares a get the 0.3 s of loading botocore's S3 model at start-up.
+second whatever the concurrency; signing by hand costs about 0.6 ms (bench/,
+docs/performance.md). It also spares a get the 0.3 s of loading botocore's S3 model at start-up.
 Server-side copies stay with botocore (:mod:`.s3`).
 
 On the wire it does what botocore does (tests/test_sigv4.py, tests/test_wire.py): the same
