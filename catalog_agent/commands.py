@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 from typing import Any, Iterator
 
-from catalog_agent import dryrun, local, manifest, patterns, plan, run_state, runlog, transfer
+from catalog_agent import local, manifest, patterns, plan, run_state, transfer
 from catalog_agent.config import Config, require_run
 from catalog_agent.errors import ConfigError, Interrupted
 from catalog_agent.hashing import sha256_fd
@@ -51,6 +51,15 @@ def check_put(config: Config, given: tuple[str, ...]) -> None:
     _patterns(given, config.put, "put", config)
 
 
+def _learn_run_log(config: Config, store: Store, state: run_state.RunState, log: Any) -> str:
+    """magnus's run log read into the state, when the configuration names one (else '')."""
+    if config.run_log_store is None:
+        return ""
+    from catalog_agent import runlog
+
+    return runlog.learn(config, store, state, log)
+
+
 def _data_folder(config: Config, *, create: bool) -> local.Folder | None:
     """The step's data folder, opened safely (exit 6 for a planted link); None when missing."""
     try:
@@ -89,6 +98,8 @@ def put(config: Config, given: tuple[str, ...], *, record: str | None,
             state = run_state.with_metadata(store, state, same_size)
             if dry_run:
                 assert folder is not None or not items
+                from catalog_agent import dryrun
+
                 return dryrun.put(transfer.hash_for_plan(store, folder, items, state,  # type: ignore[arg-type]
                                                          cancel=cancel), skipped, log)
             abort_stale = getattr(store, "abort_incomplete_uploads", None)
@@ -130,7 +141,7 @@ def get(config: Config, given: tuple[str, ...], *, record: str | None,
     folder: local.Folder | None = None
     try:
         state = run_state.load(store, config.run_prefix, config.key_layout.folder)
-        run_log = runlog.learn(config, store, state, log)
+        run_log = _learn_run_log(config, store, state, log)
         where = f"{store.location}/{config.key_layout.data_prefix}"
         candidates = plan.select_get(state, wanted, allow_missing=config.allow_missing,
                                      where=where, strict_verify=False)
@@ -161,6 +172,8 @@ def get(config: Config, given: tuple[str, ...], *, record: str | None,
             if dry_run and present is not None:
                 present.close()
         if dry_run:
+            from catalog_agent import dryrun
+
             return dryrun.get(items, log, head=store.head)
         result = transfer.get(store, folder, items,  # type: ignore[arg-type]
                               concurrency=config.concurrency, cancel=cancel)
@@ -201,6 +214,8 @@ def sync(config: Config, from_run: str, *, cancel: threading.Event,
         source = run_state.load(store, source_prefix)
         copies, count, size = plan.plan_sync(source, config.run_prefix)
         if dry_run:
+            from catalog_agent import dryrun
+
             return dryrun.sync(copies, len(source.manifests), log=get_logger())
         result = transfer.copy(store, copies, (count, size), concurrency=config.concurrency,
                                cancel=cancel)
@@ -229,7 +244,7 @@ def ls(config: Config, given: tuple[str, ...]) -> Iterator[dict[str, Any]]:
     store = open_store(config)
     try:
         state = run_state.load(store, config.run_prefix, config.key_layout.folder)
-        runlog.learn(config, store, state, get_logger())
+        _learn_run_log(config, store, state, get_logger())
     finally:
         store.close()
     for row, relative in enumerate(state.names):

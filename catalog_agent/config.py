@@ -15,11 +15,13 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from catalog_agent.errors import ConfigError
+
+if TYPE_CHECKING:
+    from catalog_agent.runlog import RunLogStore
 from catalog_agent.layout import LAYOUTS, Layout, for_run, magnus_folder
-from catalog_agent.runlog import RunLogStore, parse_settings
 
 DEFAULT_CONFIG_PATH = "/etc/catalog-agent/config.yaml"
 ENV_PREFIX = "CATALOG_AGENT_"
@@ -116,7 +118,7 @@ class Config:
 
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
     # magnus's run_log_store section (file only): where get finds the hashes magnus recorded.
-    run_log_store: RunLogStore | None = field(default=None, compare=False, repr=False)
+    run_log_store: RunLogStore | None = field(default=None, compare=False, repr=False)  # noqa: F821
 
     @property
     def data_folder(self) -> Path:
@@ -261,13 +263,15 @@ def _check_keys(found: Mapping[Any, Any], allowed: list[str], where: str) -> Non
 
 
 def _read_file(path: str) -> dict[str, Any]:
-    import yaml  # imported here: a run configured by environment alone never pays for it
-
     try:
         with open(path, "rb") as handle:
             raw = handle.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    if not raw.strip():
+        return {}  # an empty file: nothing to parse (and no YAML parser to load)
+    import yaml  # imported here: a run configured by environment alone never pays for it
+
     if len(raw) > MAX_CONFIG_BYTES:
         raise ConfigError(f"config file {path} is larger than {MAX_CONFIG_BYTES} bytes")
     try:
@@ -413,7 +417,11 @@ def load(*, config_path: str | None = None, flags: Mapping[str, Any] | None = No
             validate_name(name.replace("_", " "), values[name], sources[name])
         elif name in values:
             raise ConfigError(f"{name.replace('_', ' ')} is empty (from {sources[name]})")
-    run_log_store = parse_settings(document.get("run_log_store"), f"file {path}")
+    run_log_store = None
+    if document.get("run_log_store") is not None:  # magnus's section: read only when there
+        from catalog_agent.runlog import parse_settings
+
+        run_log_store = parse_settings(document["run_log_store"], f"file {path}")
     config = Config(**values, sources=sources, run_log_store=run_log_store)
     _cross_check(config)
     return config

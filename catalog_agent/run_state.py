@@ -15,14 +15,16 @@ from __future__ import annotations
 from array import array
 from bisect import bisect_left
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
+from typing import TYPE_CHECKING, Iterable, Iterator
 
 from catalog_agent.keys import MANIFESTS
 from catalog_agent.layout import Layout
 from catalog_agent.manifest import Entry, path_in_run, read
 from catalog_agent.patterns import is_reserved
-from catalog_agent.runlog import Logged
 from catalog_agent.stores.base import Store, StoredObject
+
+if TYPE_CHECKING:
+    from catalog_agent.runlog import Logged
 
 # Where the hash a get verifies an object against comes from, best first.
 MANIFEST = "manifest"
@@ -229,5 +231,5 @@ def with_metadata(store: Store, state: RunState, relatives: Iterable[str]) -> Ru
     return state
 
 
-__all__ = ["Entry", "Logged", "Recorded", "RunState", "load", "with_metadata", "MANIFEST",
+__all__ = ["Entry", "Recorded", "RunState", "load", "with_metadata", "MANIFEST",
            "RUN_LOG", "METADATA"]

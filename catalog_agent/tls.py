@@ -1,8 +1,8 @@
 """TLS for every connection the agent makes: which CAs it trusts, and what a refused
 certificate means.
 
-One answer for the three HTTP paths (the lean S3 requests of :mod:`.stores.s3_http`, botocore's
-S3 client, STS), so they can never disagree. The order is botocore's: the ``ca_bundle`` key,
+One answer for the three HTTP paths (the agent's own S3 requests, :mod:`.stores.s3_client`;
+botocore's S3 client; STS), so they can never disagree. The order is botocore's: the ``ca_bundle`` key,
 then ``AWS_CA_BUNDLE``, then botocore's own default (certifi's bundle when certifi is
 installed, else the ``cacert.pem`` botocore ships). The image installs only the locked
 dependencies, which have no certifi, so it trusts botocore's bundle; nothing here may import

@@ -11,7 +11,6 @@ import asyncio
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Iterable, Iterator, TypeVar
 
@@ -27,7 +26,6 @@ from catalog_agent.stores.base import Store
 T = TypeVar("T")
 PROGRESS_INTERVAL = 10.0
 SIGNAL_POLL = 0.1  # seconds the main thread sleeps at most, so signal handlers run promptly
-WORKER_THREADS = 8  # blocking work beside the loop: multipart transfers, hashing large files
 
 
 @dataclass
@@ -155,9 +153,6 @@ def run_async(items: Iterable[T], work: Callable[[T], Awaitable[None]], *, concu
     errors: list[BaseException] = []
 
     async def main() -> None:
-        loop = asyncio.get_running_loop()
-        loop.set_default_executor(ThreadPoolExecutor(max_workers=WORKER_THREADS,
-                                                     thread_name_prefix="transfer"))
         source: Iterator[T] = iter(items)
 
         async def worker() -> None:
@@ -192,7 +187,12 @@ def run_async(items: Iterable[T], work: Callable[[T], Awaitable[None]], *, concu
             await asyncio.gather(*workers, return_exceptions=True)
             await store.aclose()
 
-    asyncio.run(main())
+    # The store's own loop, where its connections live; a store without one gets a new loop.
+    runner = getattr(store, "run", None)
+    if runner is not None:
+        runner(main())
+    else:
+        asyncio.run(main())
     if errors:
         first = next((e for e in errors if not isinstance(e, Interrupted)), errors[0])
         if isinstance(first, AgentError):

@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from catalog_agent.stores import sigv4
-from catalog_agent.stores.s3_http import S3Http
+from catalog_agent.stores import wire
 
 NOW = datetime.datetime(2026, 11, 25, 12, 34, 56, tzinfo=datetime.timezone.utc)
 
@@ -63,12 +63,10 @@ def test_authorization_equals_botocores(key: str, query: dict[str, str], meta: d
                                         endpoint: str, style: str,
                                         creds: tuple[str, str, str | None], method: str,
                                         payload: str, region: str) -> None:
-    http = S3Http(endpoint=endpoint, region=region, bucket="my-bucket", addressing_style=style,
-                  credentials=lambda: creds, pool_size=1, attempts=1, verify=False,
-                  on_retry=lambda: None)
-    path = sigv4.object_path(http._prefix, key)
+    http = wire.endpoint(endpoint, region=region, bucket="my-bucket", addressing_style=style)
+    path = sigv4.object_path(http.prefix, key)
     headers = {f"x-amz-meta-{name}": value for name, value in meta.items()}
-    ours = http.signer.sign(method=method, host=http.host, path=path,
+    ours = sigv4.Signer(region).sign(method=method, host=http.host, path=path,
                             query=sigv4.canonical_query(query), headers=headers,
                             payload_sha256=payload, credentials=creds, now=NOW)
     url = http.origin + path
@@ -95,9 +93,8 @@ def test_host_has_no_userinfo_no_default_port_and_is_lowercase(url: str, host: s
 
 
 def test_the_endpoints_userinfo_never_reaches_a_header() -> None:
-    http = S3Http(endpoint="http://user:secret@Store.example.com:8333", region="us-east-1",
-                  bucket="b-1", addressing_style="path", credentials=lambda: ("A", "S", None),
-                  pool_size=1, attempts=1, verify=False, on_retry=lambda: None)
-    assert http.host == "store.example.com:8333"
-    assert urlsplit(http.origin).netloc == "store.example.com:8333"
-    assert http.pool.host == "store.example.com"
+    where = wire.endpoint("http://user:secret@Store.example.com:8333", region="us-east-1",
+                          bucket="b-1", addressing_style="path")
+    assert where.host == "store.example.com:8333"
+    assert urlsplit(where.origin).netloc == "store.example.com:8333"
+    assert (where.hostname, where.port) == ("store.example.com", 8333)  # where it connects

@@ -7,31 +7,48 @@ it on demand, and as pure functions for the retry policy and the part plan.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import shutil
 import time
 from pathlib import Path
+from typing import Awaitable, Callable, TypeVar
 
 import pytest
 
 from catalog_agent.stores import retries
 from catalog_agent.stores.s3 import (MAX_PART_SIZE, MAX_PARTS, MIN_PART_SIZE, part_ranges,
                                      part_size_for)
-from catalog_agent.stores.s3_http import Payload, S3Http, finish
+from catalog_agent.stores import wire
+from catalog_agent.stores.s3_client import S3Client
+from catalog_agent.stores.wire import Payload
 from tests.conftest import Agent, agent_env, log_events
 from tests.scripted_s3 import ScriptedS3, error, listing
 
 GiB, MiB, TiB = 1024 ** 3, 1024 ** 2, 1024 ** 4
+T = TypeVar("T")
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 
-def lean(server, bucket: str, **options) -> S3Http:  # noqa: ANN001 - a SeaweedServer
+def lean(server, bucket: str, **options) -> S3Client:  # noqa: ANN001 - a SeaweedServer
+    """The agent's own S3 client for ``bucket`` (used inside ``asyncio.run``)."""
     settings = {"attempts": 3, "on_retry": lambda: None, **options}
-    return S3Http(endpoint=server.endpoint, region="us-east-1", bucket=bucket,
-                  addressing_style="path",
-                  credentials=lambda: (server.access_key, server.secret_key, None),
-                  pool_size=4, verify=True, **settings)
+    where = wire.endpoint(server.endpoint, region="us-east-1", bucket=bucket,
+                          addressing_style="path")
+    return S3Client(where, region="us-east-1",
+                    credentials=lambda: (server.access_key, server.secret_key, None),
+                    verify=True, **settings)
+
+
+def on_loop(work: Callable[[S3Client], Awaitable[T]], client: S3Client) -> T:
+    async def main() -> T:
+        try:
+            return await work(client)
+        finally:
+            await client.aclose()
+
+    return asyncio.run(main())
 
 
 # --- the part plan (pure) ---
@@ -83,17 +100,14 @@ def test_adaptive_mode_slows_down_after_throttling() -> None:
     standard = retries.RetryPolicy(mode="standard", max_attempts=5)
     adaptive = retries.RetryPolicy(mode="adaptive", max_attempts=5)
     for policy in (standard, adaptive):
-        for _ in range(3):
-            policy.before_send()
-            policy.after_response(throttled=True)
+        policy.before_send()
+        policy.after_response(throttled=True)
     started = time.monotonic()
-    for _ in range(3):
-        standard.before_send()
+    standard.before_send()
     assert time.monotonic() - started < 0.1
     started = time.monotonic()
-    for _ in range(3):
-        adaptive.before_send()
-    assert time.monotonic() - started > 0.5
+    adaptive.before_send()  # the bucket refills at botocore's slowest rate, 0.5 a second
+    assert time.monotonic() - started > 1.0
 
 
 # --- against SeaweedFS ---
@@ -103,19 +117,22 @@ def test_the_server_refuses_bytes_that_are_not_the_ones_hashed(s3_server, bucket
     """The checksum each upload carries is verified: other bytes never become an object."""
     from botocore.exceptions import ClientError
 
-    http = lean(s3_server, bucket, attempts=1)
     sent, claimed = b"the bytes on the wire", b"the bytes that were hashed"
-    forged = Payload(len(sent), data=sent, sha256=hashlib.sha256(claimed).hexdigest())
-    with pytest.raises(ClientError, match="BadDigest|XAmzContentSHA256Mismatch"):
-        http.put("forged", forged, {})
-    assert "Contents" not in s3.list_objects_v2(Bucket=bucket, Prefix="forged")
-    upload = http.create_upload("parted", {})
     part = os.urandom(5 * MiB)
-    with pytest.raises(ClientError, match="BadDigest|XAmzContentSHA256Mismatch"):
-        http.upload_part("parted", upload, 1, Payload(len(part), data=part, sha256=hashlib.sha256(
-            part[:-1] + b"!").hexdigest()))
-    http.abort("parted", upload)
-    http.put("honest", Payload.of(sent), {})
+
+    async def work(client: S3Client) -> None:
+        forged = Payload(len(sent), data=sent, sha256=hashlib.sha256(claimed).hexdigest())
+        with pytest.raises(ClientError, match="BadDigest|XAmzContentSHA256Mismatch"):
+            await client.put("forged", forged, {})
+        upload = await client.create_upload("parted", {})
+        with pytest.raises(ClientError, match="BadDigest|XAmzContentSHA256Mismatch"):
+            await client.upload_part("parted", upload, 1, Payload(
+                len(part), data=part, sha256=hashlib.sha256(part[:-1] + b"!").hexdigest()))
+        await client.abort("parted", upload)
+        await client.put("honest", Payload.of(sent), {})
+
+    on_loop(work, lean(s3_server, bucket, attempts=1))
+    assert "Contents" not in s3.list_objects_v2(Bucket=bucket, Prefix="forged")
     assert s3.get_object(Bucket=bucket, Key="honest")["Body"].read() == sent
 
 
@@ -124,32 +141,44 @@ def test_a_body_not_read_to_the_end_closes_its_connection(s3_server, bucket: str
     data = os.urandom(2 * MiB)
     s3.put_object(Bucket=bucket, Key="big", Body=data)
     retried: list[int] = []
-    http = lean(s3_server, bucket, on_retry=lambda: retried.append(1))
-    http.pool.maxsize = 1
-    for _ in range(3):
-        response = http.get("big")
-        assert response.read(10) == data[:10]
-        finish(response)
-        assert response.connection is None
-    response = http.get("big")
-    assert response.read() == data
-    finish(response)
+
+    class Enough(Exception):
+        pass
+
+    async def work(client: S3Client) -> bytes:
+        for _ in range(3):
+            def stop_early(block: bytes) -> None:
+                raise Enough()
+
+            with pytest.raises(Enough):
+                await client.get("big", stop_early)
+            assert client._idle == [] and len(client._all) == 0  # closed, not pooled
+        got = bytearray()
+        await client.get("big", got.extend)
+        assert len(client._idle) == 1  # read to the end: kept for the next request
+        return bytes(got)
+
+    assert on_loop(work, lean(s3_server, bucket, on_retry=lambda: retried.append(1))) == data
     assert retried == []
 
 
 def test_keys_with_awkward_characters_are_signed_right(s3_server, bucket: str, s3) -> None:
-    http = lean(s3_server, bucket)
     names = ["sp ace/plus+and%percent", "ünïcödé/日本語.txt", "tilde~star*bang!quote'",
              "semi;colon=equals&amp", "brackets[]{}()"]
-    for name in names:
-        http.put(name, Payload.of(name.encode()), {"x-amz-meta-note": "  folded   spaces  "})
-    listed = {key for key, _, _ in http.list("")}
-    assert listed == set(names)
-    for name in names:
-        response = http.get(name)
-        assert response.read() == name.encode()
-        assert response.headers["x-amz-meta-note"] == "folded   spaces"  # signed folded
-        finish(response)
+
+    async def work(client: S3Client) -> None:
+        for name in names:
+            await client.put(name, Payload.of(name.encode()),
+                             {"x-amz-meta-note": "  folded   spaces  "})
+        listed = {key async for page in client.list_pages("") for key, _, _ in page}
+        assert listed == set(names)
+        for name in names:
+            got = bytearray()
+            reply = await client.get(name, got.extend)
+            assert bytes(got) == name.encode()
+            assert reply.headers["x-amz-meta-note"] == "folded   spaces"  # signed folded
+
+    on_loop(work, lean(s3_server, bucket))
 
 
 def test_an_endpoint_with_userinfo_and_upper_case_works(agent, s3_server, tmp_path: Path

@@ -1,8 +1,9 @@
-"""The S3 store: one request per small object, parallel multipart and ranged GETs for large ones.
+"""The S3 store: one request per small object, parallel parts for large ones, all on one loop.
 
-Objects, listings and manifests go through :mod:`.s3_http` (signed urllib3 requests, a quarter
-of botocore's CPU per request); a botocore client is made only for server-side copies (sync),
-so a get or put never loads botocore's S3 model.
+Every request goes through :class:`.s3_client.S3Client` on the store's own event loop: the
+command's control requests (listing, manifests, clean-up) run it to completion one at a time
+(:meth:`S3Store.run`), and the transfer engine runs its workers on it. A botocore client is
+made only for server-side copies (sync), so a get or put never loads botocore's S3 model.
 
 What is sent is what was hashed: a put reads each file once (:func:`catalog_agent.hashing.
 digest_file`) and every PUT and every part carries the SHA-256 of its bytes, which the server
@@ -11,13 +12,13 @@ verifies; the object's ``x-amz-meta-sha256`` and the manifest record the whole f
 
 from __future__ import annotations
 
-import base64
+import asyncio
 import hashlib
 import math
 import os
 import threading
-import time
-from typing import Any, Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Awaitable, Callable, Iterable, Iterator, TypeVar
 
 from catalog_agent import tls
 from catalog_agent.aws import RetryCounter, s3_client, translate
@@ -25,13 +26,16 @@ from catalog_agent.config import Config
 from catalog_agent.errors import AgentError, IntegrityError, Interrupted, TransferError
 from catalog_agent.hashing import Digest
 from catalog_agent.local import Incoming, OpenedFile
+from catalog_agent.stores import wire
 from catalog_agent.stores.base import Fetched, ProgressCallback, StoredObject
-from catalog_agent.stores.s3_http import FileSlice, Payload, S3Http, finish
+from catalog_agent.stores.s3_client import BodyCut, S3Client
+from catalog_agent.stores.wire import Payload
 
+T = TypeVar("T")
 SHA_META = "sha256"  # x-amz-meta-sha256
 MODE_META = "mode"  # x-amz-meta-mode: "755" for executables
-READ_CHUNK = 256 * 1024
 PART_WORKERS = 16  # part requests at once, across all large objects
+WORKER_THREADS = 8  # blocking work beside the loop: hashing large files
 MAX_COPY_OBJECT = 5 * 1024 ** 3
 # S3's limits (and s3transfer's rule for staying within them).
 MIN_PART_SIZE = 5 * 1024 ** 2
@@ -61,15 +65,16 @@ class S3Store:
     max_object_size = MAX_OBJECT_SIZE
     max_key_bytes = MAX_KEY_BYTES
 
-    def __init__(self, http: S3Http, bucket: str, *, attempts: int, extra_args: dict[str, str],
-                 make_client: Callable[[], Any], threshold: int = DEFAULT_THRESHOLD,
-                 part_size: int = DEFAULT_PART_SIZE) -> None:
-        """``http``: the lean path for objects and listings; ``make_client``: a botocore client
-        for server-side copies, made on first use (loading its model costs 0.3 s)."""
-        self.http = http
-        self._client: Any = None
-        self._make_client = make_client
-        self._client_lock = threading.Lock()
+    def __init__(self, client: S3Client, bucket: str, *, attempts: int,
+                 extra_args: dict[str, str], make_botocore: Callable[[], Any],
+                 threshold: int = DEFAULT_THRESHOLD, part_size: int = DEFAULT_PART_SIZE,
+                 retry_counter: RetryCounter | None = None) -> None:
+        """``make_botocore``: a botocore client for server-side copies, made on first use
+        (loading its model costs 0.3 s)."""
+        self.s3 = client
+        self._botocore: Any = None
+        self._make_botocore = make_botocore
+        self._botocore_lock = threading.Lock()
         self.bucket = bucket
         self.location = f"s3://{bucket}"
         self.attempts = attempts
@@ -78,9 +83,9 @@ class S3Store:
         self.preferred_part_size = part_size
         self._manager: Any = None
         self._manager_lock = threading.Lock()
-        self._part_slots = threading.BoundedSemaphore(PART_WORKERS)
-        self.retry_counter = RetryCounter()
-        self._async: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._part_slots: asyncio.Semaphore | None = None
+        self.retry_counter = retry_counter or RetryCounter()
 
     @classmethod
     def from_config(cls, config: Config, cancel: threading.Event | None = None) -> S3Store:
@@ -117,31 +122,61 @@ class S3Store:
                 return frozen.access_key, frozen.secret_key, frozen.token
 
         counter = RetryCounter()
-        http = S3Http(endpoint=_endpoint(config), region=config.region, bucket=config.s3_bucket,
-                      addressing_style=config.addressing_style, credentials=keys,
-                      pool_size=pool_size, attempts=config.max_attempts,
-                      verify=tls.verify(config), on_retry=counter.add,
-                      retry_mode=config.retry_mode, stop=cancel)
-        store = cls(http, config.s3_bucket, attempts=config.max_attempts, extra_args=extra,
-                    make_client=lambda: s3_client(config, pool_size=pool_size, session=session()),
-                    threshold=config.multipart_threshold, part_size=config.multipart_chunksize)
-        store.retry_counter = counter
-        return store
+        where = wire.endpoint(_endpoint(config), region=config.region, bucket=config.s3_bucket,
+                              addressing_style=config.addressing_style)
+        client = S3Client(where, region=config.region, credentials=keys,
+                          attempts=config.max_attempts, verify=tls.verify(config),
+                          on_retry=counter.add, retry_mode=config.retry_mode, stop=cancel)
+        return cls(client, config.s3_bucket, attempts=config.max_attempts, extra_args=extra,
+                   make_botocore=lambda: s3_client(config, pool_size=pool_size,
+                                                   session=session()),
+                   threshold=config.multipart_threshold, part_size=config.multipart_chunksize,
+                   retry_counter=counter)
+
+    # --- the event loop ---
+
+    def run(self, work: Awaitable[T]) -> T:
+        """Run a coroutine on the store's loop to its end (the command's thread waits)."""
+        if self._loop is None:
+            self._loop = asyncio.new_event_loop()
+            self._loop.set_default_executor(ThreadPoolExecutor(
+                max_workers=WORKER_THREADS, thread_name_prefix="catalog-agent"))
+        return self._loop.run_until_complete(work)
+
+    def _pages(self, pages: Any) -> Iterator[Any]:
+        """The pages of an async listing, each fetched when the caller wants it."""
+        while True:
+            try:
+                yield self.run(pages.__anext__())
+            except StopAsyncIteration:
+                return
+
+    async def aclose(self) -> None:
+        """Close the connections (called on the loop, at the end of a transfer)."""
+        await self.s3.aclose()
+
+    def close(self) -> None:
+        if self._loop is not None:
+            loop, self._loop = self._loop, None
+            try:
+                loop.run_until_complete(self.s3.aclose())
+                loop.run_until_complete(loop.shutdown_default_executor())
+            finally:
+                loop.close()
+        if self._manager is not None:
+            self._manager.shutdown()
+
+    # --- botocore, for server-side copies only ---
 
     @property
     def client(self) -> Any:
         """The botocore client (server-side copies only), made on first use."""
-        with self._client_lock:
-            if self._client is None:
-                self._client = self._make_client()
-                self._client.meta.events.register("request-created.s3",
-                                                  self.retry_counter.on_request_created)
-            return self._client
-
-    @property
-    def retries(self) -> int:
-        """Requests sent again after a transient failure, and broken downloads restarted."""
-        return self.retry_counter.count
+        with self._botocore_lock:
+            if self._botocore is None:
+                self._botocore = self._make_botocore()
+                self._botocore.meta.events.register("request-created.s3",
+                                                    self.retry_counter.on_request_created)
+            return self._botocore
 
     @property
     def manager(self) -> Any:
@@ -156,10 +191,10 @@ class S3Store:
                 self._manager = TransferManager(self.client, config)
             return self._manager
 
-    def close(self) -> None:
-        if self._manager is not None:
-            self._manager.shutdown()
-        self.http.close()
+    @property
+    def retries(self) -> int:
+        """Requests sent again after a transient failure, and broken downloads restarted."""
+        return self.retry_counter.count
 
     def _headers(self, metadata: dict[str, str]) -> dict[str, str]:
         """Request headers: object metadata and server-side encryption."""
@@ -173,93 +208,106 @@ class S3Store:
         """The part size for an object of ``size`` bytes, or None when one PUT sends it."""
         return part_size_for(size, self.preferred_part_size) if size >= self.threshold else None
 
+    def _translated(self, exc: BaseException, what: str) -> AgentError:
+        if isinstance(exc, AgentError):
+            return exc
+        return translate(exc, what, bucket=self.bucket)
+
     # --- listing and small documents ---
 
     def list(self, prefix: str) -> Iterator[StoredObject]:
         try:
-            for key, size, modified in self.http.list(prefix):
-                yield StoredObject(key, size, modified=modified)
-        except AgentError:
-            raise
+            for page in self._pages(self.s3.list_pages(prefix)):
+                for key, size, modified in page:
+                    yield StoredObject(key, size, modified=modified)
         except Exception as exc:  # noqa: BLE001 - every failure becomes an agent error
-            raise translate(exc, f"list s3://{self.bucket}/{prefix}", bucket=self.bucket) from None
+            raise self._translated(exc, f"list s3://{self.bucket}/{prefix}") from None
 
     def head(self, key: str) -> StoredObject | None:
         try:
-            headers = self.http.head(key)
-        except AgentError:
-            raise
+            reply = self.run(self.s3.head(key))
         except Exception as exc:  # noqa: BLE001
-            raise translate(exc, f"read s3://{self.bucket}/{key}", bucket=self.bucket) from None
-        if headers is None:
+            raise self._translated(exc, f"read s3://{self.bucket}/{key}") from None
+        if reply is None:
             return None
-        return _stored(key, headers, int(headers.get("Content-Length", 0)))
+        return _stored(key, reply.headers, int(reply.headers.get("content-length", 0)))
 
     def read_small(self, key: str, limit: int) -> bytes | None:
         try:
-            for attempt in range(1, self.attempts + 1):
-                response = self.http.get(key)
-                try:
-                    if int(response.headers.get("Content-Length", 0)) > limit:
-                        raise IntegrityError(f"s3://{self.bucket}/{key} is larger than {limit} "
-                                             f"bytes")
-                    try:
-                        return response.read(decode_content=False)
-                    except _transient_body_errors():  # a broken body: read this one again
-                        if attempt == self.attempts:
-                            raise
-                        self.retry_counter.add()
-                finally:
-                    finish(response)
-            raise AssertionError("unreachable")
-        except AgentError:
-            raise
+            return self.run(self._read_small(key, limit))
         except Exception as exc:  # noqa: BLE001
-            if _status(exc) == 404:
+            if wire.status_of(exc) == 404:
                 return None
-            raise translate(exc, f"read s3://{self.bucket}/{key}", bucket=self.bucket) from None
+            raise self._translated(exc, f"read s3://{self.bucket}/{key}") from None
+
+    async def _read_small(self, key: str, limit: int) -> bytes:
+        for attempt in range(1, self.attempts + 1):
+            try:
+                return (await self.s3.read(key, limit)).data
+            except (OSError, EOFError) as exc:  # the body cut short: read it again
+                if attempt == self.attempts:
+                    raise wire.connection_error(exc, f"s3://{self.bucket}/{key}") from None
+                self.retry_counter.add()
+        raise AssertionError("unreachable")
 
     def read_stream(self, key: str) -> Iterator[bytes] | None:
         """The object's bytes as they arrive (None when there is no such object); a body cut
         short is picked up where it broke (a Range request, If-Match its ETag)."""
         what = f"read s3://{self.bucket}/{key}"
+        stream = self.s3.stream(key)
         try:
-            response = self.http.get(key)
-        except AgentError:
-            raise
+            first = self.run(stream.__anext__())
+        except StopAsyncIteration:
+            return iter(())
         except Exception as exc:  # noqa: BLE001
-            if _status(exc) == 404:
+            self.run(stream.aclose())
+            if wire.status_of(exc) == 404:
                 return None
-            raise translate(exc, what, bucket=self.bucket) from None
-        return self._stream(key, response, what)
+            if isinstance(exc, BodyCut) and self.attempts > 1:  # cut before its first block
+                self.retry_counter.add()
+                return self._chunks(key, what, None, 0, "", attempt=2)
+            raise self._translated(exc, what) from None
+        return self._chunks(key, what, stream, len(first[1]), first[0].headers.get("etag", ""),
+                            first[1])
 
-    def _stream(self, key: str, response: Any, what: str) -> Iterator[bytes]:
-        total = int(response.headers.get("Content-Length", 0))
-        etag = response.headers.get("ETag", "")
-        offset, attempt = 0, 1
-        transient = _transient_body_errors()
+    def _chunks(self, key: str, what: str, stream: Any, offset: int, etag: str,
+                first: bytes = b"", *, attempt: int = 1) -> Iterator[bytes]:
+        if first:
+            yield first
         while True:
+            if stream is None:
+                headers = {"Range": f"bytes={offset}-", **({"If-Match": etag} if etag else {})} \
+                    if offset else None
+                stream = self.s3.stream(key, headers)
             try:
-                for chunk in response.stream(READ_CHUNK, decode_content=False):
-                    offset += len(chunk)
-                    yield chunk
-                if offset != total:
-                    raise ConnectionError(f"the body of {key} ended at {offset} of {total}")
-                return
-            except transient as exc:
+                while True:
+                    try:
+                        reply, block = self.run(stream.__anext__())
+                    except StopAsyncIteration:
+                        return
+                    etag = etag or reply.headers.get("etag", "")
+                    offset += len(block)
+                    yield block
+            except BodyCut as exc:
                 if attempt >= self.attempts:
-                    raise translate(exc, what, bucket=self.bucket) from None
+                    raise self._translated(ConnectionError(str(exc)), what) from None
                 attempt += 1
                 self.retry_counter.add()
-            finally:
-                finish(response)
-            try:
-                response = self.http.get(key, {"Range": f"bytes={offset}-",
-                                                **({"If-Match": etag} if etag else {})})
             except AgentError:
                 raise
             except Exception as exc:  # noqa: BLE001
-                raise translate(exc, what, bucket=self.bucket) from None
+                raise self._translated(exc, what) from None
+            finally:
+                if self._loop is not None and not self._loop.is_closed():
+                    self.run(stream.aclose())
+                stream = None
+
+    def write_small(self, key: str, data: bytes) -> None:
+        try:
+            headers = {"Content-Type": "application/json", **self._headers({})}
+            self.run(self.s3.put(key, Payload.of(data), headers))
+        except Exception as exc:  # noqa: BLE001
+            raise self._translated(exc, f"write s3://{self.bucket}/{key}") from None
 
     def write_stream(self, key: str, chunks: Iterable[bytes]) -> None:
         """Store the concatenated ``chunks`` (a manifest), never holding more than one part:
@@ -275,25 +323,21 @@ class S3Store:
                 break
         else:
             try:
-                self.http.put(key, Payload.of(bytes(buffer)), headers)
-            except AgentError:
-                raise
+                self.run(self.s3.put(key, Payload.of(bytes(buffer)), headers))
             except Exception as exc:  # noqa: BLE001
-                raise translate(exc, what, bucket=self.bucket) from None
+                raise self._translated(exc, what) from None
             return
         try:
-            upload_id = self.http.create_upload(key, headers)
-        except AgentError:
-            raise
+            upload_id = self.run(self.s3.create_upload(key, headers))
         except Exception as exc:  # noqa: BLE001
-            raise translate(exc, what, bucket=self.bucket) from None
+            raise self._translated(exc, what) from None
         parts: list[tuple[str, str | None]] = []
         size = self.preferred_part_size
 
         def send(data: bytes) -> None:
             payload = Payload.of(data)
-            etag = self.http.upload_part(key, upload_id, len(parts) + 1, payload)
-            parts.append((etag, base64.b64encode(bytes.fromhex(payload.sha256 or "")).decode()))
+            etag = self.run(self.s3.upload_part(key, upload_id, len(parts) + 1, payload))
+            parts.append((etag, wire.checksum(bytes.fromhex(payload.sha256 or ""))))
 
         try:
             for chunk in pieces:
@@ -306,21 +350,12 @@ class S3Store:
                 del buffer[:size]
             if buffer:
                 send(bytes(buffer))
-            self.http.complete_upload(key, upload_id, parts)
+            self.run(self.s3.complete_upload(key, upload_id, parts))
         except BaseException as exc:
-            self._abort_upload(key, upload_id)
-            if isinstance(exc, AgentError) or not isinstance(exc, Exception):
+            self.run(self._abort_upload(key, upload_id))
+            if not isinstance(exc, Exception):
                 raise
-            raise translate(exc, what, bucket=self.bucket) from None
-
-    def write_small(self, key: str, data: bytes) -> None:
-        try:
-            headers = {"Content-Type": "application/json", **self._headers({})}
-            self.http.put(key, Payload.of(data), headers)
-        except AgentError:
-            raise
-        except Exception as exc:  # noqa: BLE001
-            raise translate(exc, f"write s3://{self.bucket}/{key}", bucket=self.bucket) from None
+            raise self._translated(exc, what) from None
 
     def abort_incomplete_uploads(self, prefix: str, keys: set[str]) -> int:
         """Abort multipart uploads of ``keys`` under ``prefix``: parts left by a killed put.
@@ -331,24 +366,26 @@ class S3Store:
         """
         aborted = 0
         try:
-            for key, upload_id in list(self.http.uploads(prefix)):
-                if key in keys:
-                    self.http.abort(key, upload_id)
-                    aborted += 1
+            for page in self._pages(self.s3.upload_pages(prefix)):
+                for key, upload_id in page:
+                    if key in keys:
+                        self.run(self.s3.abort(key, upload_id))
+                        aborted += 1
         except Interrupted:
             raise
         except Exception as exc:  # noqa: BLE001 - clean-up is best effort, never the put's failure
             from catalog_agent.logs import get_logger
 
             get_logger().warning("unfinished multipart uploads not cleaned up",
-                                 reason=str(translate(exc, f"list uploads under {prefix}",
-                                                      bucket=self.bucket)))
+                                 reason=str(self._translated(exc,
+                                                             f"list uploads under {prefix}")))
         return aborted
 
-    # --- data ---
+    # --- data, on the event loop ---
 
-    def upload(self, opened: OpenedFile, digest: Digest, key: str, *, executable: bool,
-               progress: ProgressCallback, cancel: threading.Event) -> None:
+    async def upload_async(self, opened: OpenedFile, digest: Digest, key: str, *,
+                           executable: bool, progress: ProgressCallback,
+                           cancel: threading.Event) -> None:
         """Store the bytes ``digest`` was computed from, each request carrying their checksum.
 
         Before a retry the file is checked unchanged: a file written meanwhile is a
@@ -360,55 +397,84 @@ class S3Store:
         headers = self._headers(metadata)
         try:
             if digest.part_size is None:
-                if digest.data is not None:
-                    payload = Payload(digest.size, data=digest.data, sha256=digest.sha256)
-                else:
-                    payload = Payload(digest.size, sha256=digest.sha256, reader=lambda: FileSlice(
-                        opened.fd, 0, digest.size, cancel))
-                self.http.put(key, payload, headers, check=opened.check_unchanged)
+                payload = Payload(digest.size, data=digest.data, sha256=digest.sha256,
+                                  fd=None if digest.data is not None else opened.fd)
+                await self.s3.put(key, payload, headers, check=opened.check_unchanged)
                 progress(digest.size)
             else:
-                self._put_large(opened, digest, key, headers, progress, cancel)
+                await self._put_large(opened, digest, key, headers, progress)
         except AgentError:
             raise
         except Exception as exc:  # noqa: BLE001
             raise translate(exc, f"upload {opened.relative} to s3://{self.bucket}/{key}",
                             bucket=self.bucket) from None
 
-    # --- data, on the event loop (the many small objects) ---
+    def _slots(self) -> asyncio.Semaphore:
+        """Part requests at once across all large objects: memory and connections stay flat."""
+        if self._part_slots is None:
+            self._part_slots = asyncio.Semaphore(PART_WORKERS)
+        return self._part_slots
 
-    async def upload_async(self, opened: OpenedFile, digest: Digest, key: str, *,
-                           executable: bool, progress: ProgressCallback,
-                           cancel: threading.Event) -> None:
-        """As :meth:`upload`; one PUT on the loop, or multipart in a worker thread."""
-        if digest.part_size is not None:
-            await _in_thread(lambda: self.upload(opened, digest, key, executable=executable,
-                                                 progress=progress, cancel=cancel))
-            return
-        metadata = {SHA_META: digest.sha256}
-        if executable:
-            metadata[MODE_META] = "755"
-        payload = Payload(digest.size, data=digest.data, sha256=digest.sha256)
+    async def _put_large(self, opened: OpenedFile, digest: Digest, key: str,
+                         headers: dict[str, str], progress: ProgressCallback) -> None:
+        """Parallel multipart upload, each part sent straight from the file (none in memory)
+        with its own SHA-256; any failure or a cancel aborts the upload (no orphaned parts)."""
+        assert digest.part_size is not None
+        parts = part_ranges(digest.size, digest.part_size)
+        if len(parts) != len(digest.part_sha256):
+            raise IntegrityError(f"{opened.relative}: {len(digest.part_sha256)} part hashes "
+                                 f"for {len(parts)} parts")
+        upload_id = await self.s3.create_upload(key, headers)
+        etags = [""] * len(parts)
+        slots = self._slots()
+
+        async def send(index: int) -> None:
+            start, end = parts[index]
+            payload = Payload(end - start, fd=opened.fd, offset=start,
+                              sha256=digest.part_sha256[index].hex())
+            async with slots:
+                etags[index] = await self.s3.upload_part(key, upload_id, index + 1, payload,
+                                                         check=opened.check_unchanged)
+            progress(end - start)
+
         try:
-            await self._aio().put(key, payload, self._headers(metadata),
-                                  fd=None if digest.data is not None else opened.fd,
-                                  check=opened.check_unchanged)
-        except AgentError:
+            await _all_or_nothing([send(index) for index in range(len(parts))])
+            await self.s3.complete_upload(key, upload_id, [
+                (etag, wire.checksum(d)) for etag, d in zip(etags, digest.part_sha256)])
+        except BaseException:
+            await asyncio.shield(self._abort_upload(key, upload_id))
             raise
-        except Exception as exc:  # noqa: BLE001
-            raise translate(exc, f"upload {opened.relative} to s3://{self.bucket}/{key}",
-                            bucket=self.bucket) from None
-        progress(digest.size)
+
+    async def _abort_upload(self, key: str, upload_id: str) -> None:
+        """Abort, then look again: a part cut off mid-send may land after the first abort."""
+        for wait in (0.0, 0.5, 2.0):
+            await asyncio.sleep(wait)
+            try:
+                await self.s3.abort(key, upload_id)
+                left = False
+                async for page in self.s3.upload_pages(key, cleanup=True):
+                    left = left or any(k == key and u == upload_id for k, u in page)
+                if not left:
+                    return
+            except Exception:  # noqa: BLE001 - the transfer's own failure is the one to report
+                return
 
     async def download_async(self, key: str, target: Incoming, *, size: int,
                              progress: ProgressCallback, cancel: threading.Event) -> Fetched:
-        """As :meth:`download`; one GET on the loop, or ranged parts in a worker thread."""
-        if size >= self.threshold:
-            return await _in_thread(lambda: self.download(key, target, size=size,
-                                                          progress=progress, cancel=cancel))
-        from catalog_agent.stores.s3_async import BodyCut
+        """Fetch the object into ``target`` and hash what was written: one GET, or parts."""
+        try:
+            if size < self.threshold:
+                return await self._get_small(key, target, progress, cancel)
+            return await self._get_large(key, target, size, progress, cancel)
+        except AgentError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise translate(exc, f"download s3://{self.bucket}/{key}",
+                            bucket=self.bucket) from None
 
-        aio = self._aio()
+    async def _get_small(self, key: str, target: Incoming, progress: ProgressCallback,
+                         cancel: threading.Event) -> Fetched:
+        """GET and write to ``target`` while hashing; a broken body fetches this object again."""
         for attempt in range(1, self.attempts + 1):
             if cancel.is_set():
                 raise Interrupted("stopped before the transfer finished")
@@ -420,213 +486,104 @@ class S3Store:
                 digest.update(block)
                 written[0] += len(block)
 
+            if attempt > 1:  # a body cut short: start the file again
+                os.ftruncate(target.fd, 0)
             try:
-                if attempt > 1:  # a body cut short: start the file again
-                    os.ftruncate(target.fd, 0)
-                reply = await aio.get(key, sink)
+                reply = await self.s3.get(key, sink)
             except BodyCut:
                 if attempt == self.attempts:
-                    raise translate(ConnectionError(f"the body of {key} was cut short "
-                                                    f"{self.attempts} times"),
-                                    f"download s3://{self.bucket}/{key}",
-                                    bucket=self.bucket) from None
+                    raise TransferError(f"download s3://{self.bucket}/{key} failed after "
+                                        f"retries: the body was cut short {attempt} "
+                                        f"times") from None
                 self.retry_counter.add()
                 continue
-            except AgentError:
-                raise
-            except Exception as exc:  # noqa: BLE001
-                raise translate(exc, f"download s3://{self.bucket}/{key}",
-                                bucket=self.bucket) from None
             progress(written[0])
             stored = _stored(key, reply.headers, written[0])
             return Fetched(digest.hexdigest(), stored.sha256, stored.executable)
         raise AssertionError("unreachable")
 
-    def _aio(self) -> Any:
-        """The event loop's client, made on first use inside the running loop."""
-        if self._async is None:
-            from catalog_agent.stores.s3_async import AsyncS3
-
-            self._async = AsyncS3.from_http(self.http)
-        return self._async
-
-    async def aclose(self) -> None:
-        if self._async is not None:
-            await self._async.aclose()
-            self._async = None
-
-    def _put_large(self, opened: OpenedFile, digest: Digest, key: str, headers: dict[str, str],
-                   progress: ProgressCallback, cancel: threading.Event) -> None:
-        """Parallel multipart upload, each part sent straight from the file (none in memory)
-        with its own SHA-256; any failure or a cancel aborts the upload (no orphaned parts)."""
-        assert digest.part_size is not None
-        http = self.http
-        parts = part_ranges(digest.size, digest.part_size)
-        checksums = [base64.b64encode(d).decode("ascii") for d in digest.part_sha256]
-        if len(parts) != len(checksums):
-            raise IntegrityError(f"{opened.relative}: {len(checksums)} part hashes for "
-                                 f"{len(parts)} parts")
-        upload_id = http.create_upload(key, headers)
-        etags = [""] * len(parts)
-
-        def send(index: int) -> None:
-            start, end = parts[index]
-            payload = Payload(end - start, sha256=digest.part_sha256[index].hex(),
-                              reader=lambda: FileSlice(opened.fd, start, end, cancel))
-            with self._part_slots:
-                etags[index] = http.upload_part(key, upload_id, index + 1, payload,
-                                                check=opened.check_unchanged)
-            progress(end - start)
-
-        try:
-            _parallel(len(parts), send, cancel)
-            http.complete_upload(key, upload_id, list(zip(etags, checksums)))
-        except BaseException:
-            self._abort_upload(key, upload_id)
-            raise
-
-    def _abort_upload(self, key: str, upload_id: str) -> None:
-        """Abort, then look again: a part cut off mid-send may land after the first abort."""
-        http = self.http
-        for wait in (0.0, 0.5, 2.0):
-            time.sleep(wait)
-            try:
-                http.abort(key, upload_id)
-                if not any(k == key and u == upload_id
-                           for k, u in http.uploads(key, cleanup=True)):
-                    return
-            except Exception:  # noqa: BLE001 - the transfer's own failure is the one to report
-                return
-
-    def download(self, key: str, target: Incoming, *, size: int, progress: ProgressCallback,
-                 cancel: threading.Event) -> Fetched:
-        what = f"download s3://{self.bucket}/{key}"
-        try:
-            if size < self.threshold:
-                return self._get_small(key, target, progress, cancel)
-            return self._get_large(key, target, size, progress, cancel)
-        except AgentError:
-            raise
-        except Exception as exc:  # noqa: BLE001
-            raise translate(exc, what, bucket=self.bucket) from None
-
-    def _get_small(self, key: str, target: Incoming, progress: ProgressCallback,
-                   cancel: threading.Event) -> Fetched:
-        """GET and stream to ``target`` while hashing; a broken body retries this object only."""
-        transient = _transient_body_errors()
-        for attempt in range(1, self.attempts + 1):
-            if cancel.is_set():
-                raise Interrupted("stopped before the transfer finished")
-            digest = hashlib.sha256()
-            moved = 0
-            response = self.http.get(key)
-            stored = _stored(key, response.headers, int(response.headers.get(
-                "Content-Length", 0)))
-            try:
-                if attempt > 1:  # a body cut short: start the file again
-                    os.ftruncate(target.fd, 0)
-                for chunk in response.stream(READ_CHUNK, decode_content=False):
-                    _pwrite_all(target.fd, chunk, moved)
-                    digest.update(chunk)
-                    moved += len(chunk)
-            except transient:
-                if attempt == self.attempts:
-                    raise
-                self.retry_counter.add()
-                continue
-            finally:
-                finish(response)
-            progress(moved)
-            return Fetched(digest.hexdigest(), stored.sha256, stored.executable)
-        raise AssertionError("unreachable")
-
-    def _get_large(self, key: str, target: Incoming, size: int, progress: ProgressCallback,
-                   cancel: threading.Event) -> Fetched:
+    async def _get_large(self, key: str, target: Incoming, size: int,
+                         progress: ProgressCallback, cancel: threading.Event) -> Fetched:
         """Parallel ranged GETs written in place, hashed in order while the rest still arrive.
 
         The first part gives the ETag; every other part asks If-Match it, so an object replaced
-        mid-read fails (exit 5) instead of mixing two versions. A hashing loop reads each part
-        back from the page cache as soon as it and all before it have landed, so the SHA-256 is
-        ready with the last part rather than costing a second pass (about 0.9 s per GiB here).
-        Part requests across all files share PART_WORKERS slots: memory stays flat.
+        mid-read fails (exit 5) instead of mixing two versions. Each part is hashed in a worker
+        thread as soon as it and all before it have landed, so the SHA-256 is ready with the
+        last part rather than costing a second pass.
         """
         parts = part_ranges(size, part_size_for(size, self.preferred_part_size))
-        done = [False] * len(parts)
-        failure: list[BaseException] = []
-        changed = threading.Condition()
         fd = target.fd
-        first = self._get_part(key, fd, parts[0], size, {}, cancel)
+        slots = self._slots()
+        etag, stored = await self._get_part(key, fd, parts[0], size, {}, cancel, slots)
         progress(parts[0][1])
-        done[0] = True
-        etag, stored = first
         condition = {"If-Match": etag} if etag else {}
-        following = iter(range(1, len(parts)))
-        lock = threading.Lock()
+        landed = [asyncio.get_running_loop().create_future() for _ in parts]
+        landed[0].set_result(None)
 
-        def worker() -> None:
-            while not failure:
-                with lock:
-                    index = next(following, None)
-                if index is None:
-                    return
-                try:
-                    self._get_part(key, fd, parts[index], size, condition, cancel)
-                except BaseException as exc:  # noqa: BLE001 - handed to the hashing loop
-                    with changed:
-                        failure.append(exc)
-                        changed.notify_all()
-                    return
-                progress(parts[index][1] - parts[index][0])
-                with changed:
-                    done[index] = True
-                    changed.notify_all()
+        async def fetch(index: int) -> None:
+            try:
+                await self._get_part(key, fd, parts[index], size, condition, cancel, slots)
+            except BaseException as exc:
+                if not landed[index].done():
+                    landed[index].set_exception(exc)
+                raise
+            progress(parts[index][1] - parts[index][0])
+            landed[index].set_result(None)
 
-        threads = [threading.Thread(target=worker, daemon=True)
-                   for _ in range(min(PART_WORKERS, len(parts) - 1))]
-        for thread in threads:
-            thread.start()
+        digest = hashlib.sha256()
+        loop = asyncio.get_running_loop()
+        fetching = asyncio.ensure_future(_all_or_nothing(
+            [fetch(index) for index in range(1, len(parts))]))
         try:
-            digest = _hash_in_order(fd, parts, done, failure, changed, cancel)
+            for index, (start, end) in enumerate(parts):
+                # The part, or the first failure of any (which stops the others).
+                await asyncio.wait({landed[index], fetching},
+                                   return_when=asyncio.FIRST_COMPLETED)
+                if not landed[index].done() or landed[index].exception() is not None:
+                    await fetching  # raises the failure that stopped the parts
+                await loop.run_in_executor(None, _hash_range, digest, fd, start, end)
+            await fetching
         finally:
-            if not all(done):
-                with changed:
-                    failure.append(Interrupted("stopped before the transfer finished"))
-            for thread in threads:
-                thread.join()
-        return Fetched(digest, stored.sha256, stored.executable)
+            if not fetching.done():
+                fetching.cancel()
+            await asyncio.gather(fetching, return_exceptions=True)
+            for future in landed:  # consumed: no "exception never retrieved" warnings
+                if future.done() and not future.cancelled():
+                    future.exception()
+        return Fetched(digest.hexdigest(), stored.sha256, stored.executable)
 
-    def _get_part(self, key: str, fd: int, part: tuple[int, int], size: int,
-                  condition: dict[str, str], cancel: threading.Event) -> tuple[str, StoredObject]:
-        """One byte range into its place in ``fd``; a broken body retries this part only."""
+    async def _get_part(self, key: str, fd: int, part: tuple[int, int], size: int,
+                        condition: dict[str, str], cancel: threading.Event,
+                        slots: asyncio.Semaphore) -> tuple[str, StoredObject]:
+        """One byte range into its place in ``fd``; a broken body fetches this part again."""
         start, end = part
-        transient = _transient_body_errors()
         for attempt in range(1, self.attempts + 1):
             if cancel.is_set():
                 raise Interrupted("stopped before the transfer finished")
-            with self._part_slots:
-                response = self.http.get(key, {"Range": f"bytes={start}-{end - 1}",
-                                               **condition})
-                try:
-                    total = response.headers.get("Content-Range", "").rpartition("/")[2]
-                    if total != str(size):
-                        raise TransferError(f"download s3://{self.bucket}/{key} failed: the "
-                                            f"object changed size while being read ({total})")
-                    offset = start
-                    for chunk in response.stream(READ_CHUNK, decode_content=False):
-                        if cancel.is_set():
-                            raise Interrupted("stopped before the transfer finished")
-                        _pwrite_all(fd, chunk, offset)
-                        offset += len(chunk)
-                    if offset != end:
-                        raise ConnectionError(f"part {start}-{end} ended at {offset}")
-                except transient:
-                    if attempt == self.attempts:
-                        raise
-                    self.retry_counter.add()
-                    continue
-                finally:
-                    finish(response)
-            return response.headers.get("ETag", ""), _stored(key, response.headers, size)
+            offset = [start]
+
+            def sink(block: bytes) -> None:
+                _pwrite_all(fd, block, offset[0])
+                offset[0] += len(block)
+
+            try:
+                async with slots:
+                    reply = await self.s3.get(key, sink, {"Range": f"bytes={start}-{end - 1}",
+                                                          **condition})
+                total = reply.headers.get("content-range", "").rpartition("/")[2]
+                if total != str(size):
+                    raise TransferError(f"download s3://{self.bucket}/{key} failed: the "
+                                        f"object changed size while being read ({total})")
+                if offset[0] != end:
+                    raise BodyCut(f"part {start}-{end} ended at {offset[0]}")
+            except BodyCut:
+                if attempt == self.attempts:
+                    raise TransferError(f"download s3://{self.bucket}/{key} failed after "
+                                        f"retries: a part's body was cut short {attempt} "
+                                        f"times") from None
+                self.retry_counter.add()
+                continue
+            return reply.headers.get("etag", ""), _stored(key, reply.headers, size)
         raise AssertionError("unreachable")
 
     def copy(self, source_key: str, target_key: str, *, size: int) -> None:
@@ -643,33 +600,37 @@ class S3Store:
                             bucket=self.bucket) from None
 
 
-def _hash_in_order(fd: int, parts: list[tuple[int, int]], done: list[bool],
-                   failure: list[BaseException], changed: threading.Condition,
-                   cancel: threading.Event) -> str:
-    digest = hashlib.sha256()
-    for index, (start, end) in enumerate(parts):
-        with changed:
-            while not done[index] and not failure:
-                if cancel.is_set():
-                    raise Interrupted("stopped before the transfer finished")
-                changed.wait(0.1)
-            if failure:
-                raise failure[0]
-        offset = start
-        while offset < end:
-            block = os.pread(fd, min(end - offset, 1024 * 1024), offset)
-            if not block:
-                raise TransferError("the file being written shrank")
-            digest.update(block)
-            offset += len(block)
-    return digest.hexdigest()
+async def _all_or_nothing(work: list[Awaitable[None]]) -> None:
+    """Await all; the first failure cancels the rest and is raised (an Interrupted only when
+    nothing else failed)."""
+    tasks = [asyncio.ensure_future(item) for item in work]
+    if not tasks:
+        return
+    try:
+        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    except asyncio.CancelledError:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+    for task in pending:
+        task.cancel()
+    outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+    failures = [o for o in outcomes if isinstance(o, BaseException)
+                and not isinstance(o, asyncio.CancelledError)]
+    if failures:
+        raise next((f for f in failures if not isinstance(f, Interrupted)), failures[0])
 
 
-async def _in_thread(work: Callable[[], Any]) -> Any:
-    """Run blocking ``work`` (a multipart transfer) in the loop's worker threads."""
-    import asyncio
-
-    return await asyncio.get_running_loop().run_in_executor(None, work)
+def _hash_range(digest: Any, fd: int, start: int, end: int) -> None:
+    """Feed bytes ``start``..``end`` of ``fd`` to ``digest`` (hashlib lets go of the GIL)."""
+    offset = start
+    while offset < end:
+        block = os.pread(fd, min(end - offset, 1024 * 1024), offset)
+        if not block:
+            raise TransferError("the file being written shrank")
+        digest.update(block)
+        offset += len(block)
 
 
 def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
@@ -680,45 +641,8 @@ def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
         offset += written
 
 
-def _transient_body_errors() -> tuple[type[BaseException], ...]:
-    """Errors of a response body cut short: the store reads that object or part again."""
-    from urllib3.exceptions import ProtocolError, ReadTimeoutError
-
-    return (ProtocolError, ReadTimeoutError, ConnectionError)
-
-
 _SSE_HEADERS = {"ServerSideEncryption": "x-amz-server-side-encryption",
                 "SSEKMSKeyId": "x-amz-server-side-encryption-aws-kms-key-id"}
-
-
-def _parallel(count: int, work: Callable[[int], None], cancel: threading.Event) -> None:
-    """``work(0..count-1)`` on up to PART_WORKERS threads; the first failure stops the rest."""
-    following = iter(range(count))
-    lock = threading.Lock()
-    failure: list[BaseException] = []
-
-    def worker() -> None:
-        while not failure:
-            if cancel.is_set():
-                failure.append(Interrupted("stopped before the transfer finished"))
-                return
-            with lock:
-                index = next(following, None)
-            if index is None:
-                return
-            try:
-                work(index)
-            except BaseException as exc:  # noqa: BLE001 - raised below, in the caller
-                failure.append(exc)
-
-    threads = [threading.Thread(target=worker, daemon=True)
-               for _ in range(min(PART_WORKERS, count))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if failure:
-        raise next((f for f in failure if not isinstance(f, Interrupted)), failure[0])
 
 
 def _endpoint(config: Config) -> str:
@@ -742,13 +666,3 @@ def _stored(key: str, headers: Any, size: int) -> StoredObject:
     return StoredObject(key, size,
                         sha256=sha.lower() if isinstance(sha, str) and len(sha) == 64 else None,
                         executable=mode == "755")
-
-
-def _status(exc: BaseException) -> int | None:
-    response = getattr(exc, "response", None)
-    if isinstance(response, dict):
-        code = response.get("Error", {}).get("Code")
-        if code in {"NoSuchKey", "NotFound", "404"}:
-            return 404
-        return response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-    return None
