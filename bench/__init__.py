@@ -1,1 +1,1 @@
-"""The transfer benchmark (issue 8): catalog-agent against s5cmd, rclone and aws-cli v2."""
+"""The transfer benchmark: catalog-agent against s5cmd, rclone and aws-cli v2."""

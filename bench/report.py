@@ -1,6 +1,6 @@
 """The results as Markdown: a header with the machine and its load, one table of every tool
-(time, ratios to s5cmd, CPU, peak memory), the agent against its baseline, and issue 14's
-targets checked.
+(time, ratios to s5cmd, CPU, peak memory), the agent against its baseline, and the
+performance targets checked.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 
 from bench.tools import AGENT, FLOORS, OPENSSL, REFERENCE, SHA256SUM
 
-SLOWER = 1.10  # issue 12: no row more than 10 % slower than the baseline
+SLOWER = 1.10  # a row more than 10 % slower than the baseline is flagged
 # Peak RSS differs by a MiB or two between runs of the same code: more than this is "more".
 MEMORY_NOISE = 1.05
 TITLES = {"aws-cli-v2": "aws-cli v2", OPENSSL: "openssl dgst -sha256"}
@@ -164,7 +164,7 @@ def baseline_table(results: dict[str, Any]) -> str:
 
 
 def targets(results: dict[str, Any]) -> str:
-    """Each of issue 14's targets for the agent, met or by how much not."""
+    """Each performance target for the agent, met or by how much not."""
     base = results.get("baseline")
     out = []
     for row in results["rows"]:
@@ -209,7 +209,7 @@ def targets(results: dict[str, Any]) -> str:
     if results["quick"] or results.get("scale", 1) != 1:
         note = ("\n(Quick or scaled sets: the targets are stated for the full sizes; read these "
                 "as indications only.)")
-    return "Issue 14's targets for the agent:\n\n" + "\n".join(out) + note
+    return "Targets for the agent:\n\n" + "\n".join(out) + note
 
 
 def render(results: dict[str, Any]) -> str:

@@ -14,7 +14,7 @@ file is already present, where each tool's own "skip what is there" is measured:
   about 19 KiB per key (1.9 GB of RSS at 100,000 keys, so some 19 GB at a million), and its
   default compares times, which here would download everything.
 
-aws-cli v2 runs in the rows of issue 8's table only: issue 14's scale rows compare with s5cmd
+aws-cli v2 runs in the small, medium, large and one-file rows only: the scale rows compare with s5cmd
 and rclone, and aws-cli would take most of their time (about 4 × s5cmd's on 5,000 tiny files;
 ``aws s3 sync --size-only`` would be the same kind of floor as s5cmd's in the present-files get).
 """
@@ -87,7 +87,7 @@ def takes_part(tool: str, work: str, dataset: str) -> bool:
     """Whether ``tool`` has a row in (work, dataset): see the module's docstring."""
     if tool in FLOORS:
         return work == "get" and dataset == "large"
-    if tool == "aws-cli-v2":  # the rows of issue 8's table only (see the docstring)
+    if tool == "aws-cli-v2":  # the small, medium, large and one-file rows only (docstring)
         return dataset in ("small", "medium", "large", "one")
     return True
 
@@ -214,7 +214,7 @@ class Tools:
     def hash_file(self, tool: str, path: Path) -> list[str]:
         """The floor of a large get: hashing every byte of the file on one core.
 
-        coreutils' sha256sum (as issue 14 names it) is not linked with a crypto library and is
+        coreutils' sha256sum (the usual command-line floor) is not linked with a crypto library and is
         several times slower than OpenSSL's SHA-256 on a CPU with SHA extensions, which is what
         Python's hashlib (so the agent) uses: ``openssl dgst -sha256`` is measured beside it.
         """

@@ -18,6 +18,12 @@ from catalog_agent import devserver
 
 BUCKET = "demo-catalog"
 RUN_ID = "demo-run-1"
+NEXT_STEPS = """
+next, in the repository:
+  add the agent to a Job      README.md "A complete Job"; charts/catalog-agent/examples/job
+  check your catalog          catalog-agent config --check --config config.yaml --run-id RUN
+                              (credentials, identity, list, write, read: docs/credentials.md)
+  every key, flag, variable   docs/configuration.md"""
 
 
 def _cli(args: list[str], env: dict[str, str]) -> int:
@@ -78,6 +84,7 @@ def run_demo(*, keep: bool = False) -> int:
                          for p in (work / "train-data").rglob("*") if p.is_file())
         print(f"step 'train' received: {', '.join(fetched)}")
         print("(the second get skipped every file: they were already present and verified)")
+        print(NEXT_STEPS)
         return 0
     finally:
         server.stop()

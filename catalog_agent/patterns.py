@@ -1,4 +1,4 @@
-"""Path patterns: one rule for get, put and ls, the README's table.
+"""Path patterns: one rule for get, put and ls, the table in docs/configuration.md.
 
 - ``*`` and ``?`` match within one path segment (never across ``/``);
 - ``**`` as a whole segment matches any number of folders (none included); as the last

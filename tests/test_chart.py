@@ -69,9 +69,9 @@ def run(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None
 
 
 def render(helm: str, chart: Path, *values: Path, sets: tuple[str, ...] = (),
-           extra: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+           extra: tuple[str, ...] = (), release: str = "rel") -> list[dict[str, Any]]:
     """``helm template`` into a list of objects; a failure fails the test with helm's words."""
-    args = [helm, "template", "rel", str(chart)]
+    args = [helm, "template", release, str(chart)]
     for file in values:
         args += ["-f", str(file)]
     for item in sets:
@@ -314,6 +314,47 @@ def test_job_example(helm: str, kube_validate: str, example, tmp_path: Path) -> 
     assert [c["name"] for c in spec["containers"]] == ["main", "catalog-put"]
     assert spec["containers"][1]["args"][:2] == ["put", "--wait"]
     check_wiring(job, docs)
+
+
+def _readme_job() -> tuple[str, list[str], dict[str, Any]]:
+    """The README's complete Job: the release and --set values of its first line, the Job."""
+    import shlex
+
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("### A complete Job", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    command = block.splitlines()[0]
+    words = shlex.split(command[1:])
+    assert words[:2] == ["helm", "template"] and words[3] == ".", command
+    sets = [words[i + 1] for i, word in enumerate(words) if word == "--set"]
+    return words[2], sets, yaml.safe_load(block)
+
+
+def _without_extras(job: dict[str, Any]) -> dict[str, Any]:
+    """The Job as the README shows it: no resources, security contexts, pull policies, labels."""
+    job = copy.deepcopy(job)
+    job["metadata"].pop("labels", None)
+    template = job["spec"]["template"]
+    template.pop("metadata", None)
+    template["spec"].pop("securityContext", None)
+    for container in template["spec"]["initContainers"] + template["spec"]["containers"]:
+        for extra in ("resources", "securityContext", "imagePullPolicy",
+                      "terminationMessagePolicy"):
+            container.pop(extra, None)
+    return job
+
+
+def test_the_readme_job_is_the_rendered_job_example(helm: str, kube_validate: str, example,  # noqa: ANN001
+                                                    tmp_path: Path) -> None:
+    release, sets, shown = _readme_job()
+    assert sets, "the README's Job names no --set values"
+    docs = render(helm, example("job"), sets=tuple(sets), release=release)
+    (job,) = of_kind(docs, "Job")
+    assert _without_extras(job) == shown
+    kube_validate_docs(kube_validate, [shown], tmp_path)
+    readme = (REPO / "README.md").read_text()
+    values = readme.split("## Install with Helm", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    example_values = yaml.safe_load((EXAMPLES / "job" / "values.yaml").read_text())
+    assert yaml.safe_load(values) == {"catalog-agent": example_values["catalog-agent"]}
 
 
 def test_native_sidecar_pod_example(helm: str, kube_validate: str, example,  # noqa: ANN001

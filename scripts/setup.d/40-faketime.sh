@@ -4,14 +4,6 @@
 # deterministically, instead of waiting out an STS session or racing a test-only setting.
 # Idempotent: when the library is present this only checks (no apt-get at all).
 set -euo pipefail
-for lib in /usr/lib/*/faketime/libfaketimeMT.so.1 /usr/lib/faketime/libfaketimeMT.so.1; do
-  [ -e "$lib" ] && exit 0
-done
-if [ "$(id -u)" != 0 ]; then
-  echo "40-faketime.sh: libfaketime missing and not root: the credential refresh tests will skip (fail under CI=true)" >&2
-  exit 0
-fi
-echo "40-faketime.sh: installing faketime" >&2
-export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq
-apt-get install -y -qq faketime >/dev/null
+source "$(dirname "${BASH_SOURCE[0]}")/debian-packages.bash"
+want faketime '/usr/lib/*/faketime/libfaketimeMT.so.1' /usr/lib/faketime/libfaketimeMT.so.1
+install_wanted "the credential refresh tests will skip (fail under CI=true)" || exit 0

@@ -19,7 +19,7 @@ Two kinds:
   volumes:
     {{- include "catalog-agent.volumes" (dict "ctx" $ca) | nindent 4 }}
 
-Public templates and their parameters (README "Kubernetes usage" has the full table):
+Public templates and their parameters (docs/kubernetes.md has the full table):
   catalog-agent.getInitContainer   ctx step runId [name patterns installEntrypoint env dependencies]
   catalog-agent.putContainer       ctx step runId [mode=wait|native|after name patterns when env dependencies]
   catalog-agent.volumes            ctx [data=true]

@@ -1,0 +1,45 @@
+# Sourced by the scripts/setup.d/*.sh steps that need Debian packages (not a step itself: the
+# name does not end in .sh, so scripts/bootstrap does not run it). Usage:
+#
+#   source "$(dirname "${BASH_SOURCE[0]}")/debian-packages.bash"
+#   want podman podman                   # package, then what proves it installed: a command
+#   want runc runc /usr/sbin/runc        # on PATH, or an absolute path (globs allowed)
+#   install_wanted "the image tests will skip (fail under CI=true)" || exit 0
+#
+# install_wanted does nothing when every wanted package is present (no apt-get at all, so a
+# second bootstrap only checks); otherwise, as root, it runs `apt-get update` once and installs
+# the missing packages in one `apt-get install`; not root, it names them and what will skip,
+# and returns 1.
+
+_wanted_missing=()
+
+# want PACKAGE PROOF...: PACKAGE is missing unless one PROOF holds.
+want() {
+  local package=$1 proof
+  shift
+  for proof in "$@"; do
+    if [[ $proof == /* ]]; then
+      compgen -G "$proof" >/dev/null && return 0
+    elif command -v "$proof" >/dev/null 2>&1; then
+      return 0
+    fi
+  done
+  _wanted_missing+=("$package")
+}
+
+# install_wanted CONSEQUENCE: install what want found missing; CONSEQUENCE says what skips if not.
+install_wanted() {
+  local step
+  step=$(basename "${BASH_SOURCE[1]:-$0}")
+  if [ "${#_wanted_missing[@]}" -eq 0 ]; then
+    return 0
+  fi
+  if [ "$(id -u)" != 0 ]; then
+    echo "$step: missing ${_wanted_missing[*]} and not root: $1" >&2
+    return 1
+  fi
+  echo "$step: installing ${_wanted_missing[*]}" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${_wanted_missing[@]}" >/dev/null
+  _wanted_missing=()
+}

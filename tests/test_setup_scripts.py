@@ -1,0 +1,116 @@
+"""scripts/setup.d: the Debian-package helper, run as a fresh machine runs it.
+
+scripts/bootstrap runs `bash scripts/setup.d/<step>.sh` from the repository's root; the steps
+source debian-packages.bash. apt-get and id are replaced by recording fakes on PATH, so the
+tests see exactly which apt-get commands a step would run, as root and not, without installing
+anything.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+HELPER = ROOT / "scripts" / "setup.d" / "debian-packages.bash"
+
+
+def fake_bin(folder: Path, *, uid: int, keep_path: bool = True) -> dict[str, str]:
+    """A PATH whose apt-get records its arguments (one line per call) and whose id says uid."""
+    folder.mkdir(parents=True, exist_ok=True)
+    log = folder / "apt-get.log"
+    (folder / "apt-get").write_text(f'#!/bin/sh\necho "$*" >> {log}\n')
+    (folder / "id").write_text(f"#!/bin/sh\necho {uid}\n")
+    for tool in ("apt-get", "id"):
+        (folder / tool).chmod(0o755)
+    if not keep_path:  # only what the steps themselves need, so that no tool is found on PATH
+        for tool in ("dirname", "basename"):
+            (folder / tool).symlink_to(f"/usr/bin/{tool}")
+    path = f"{folder}:{os.environ['PATH']}" if keep_path else str(folder)
+    return {**os.environ, "PATH": path}
+
+
+def apt_calls(folder: Path) -> list[str]:
+    log = folder / "apt-get.log"
+    return log.read_text().splitlines() if log.exists() else []
+
+
+def run_bash(script: str | Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["/bin/bash", str(script), *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def helper_script(tmp_path: Path, body: str) -> Path:
+    script = tmp_path / "step.sh"
+    script.write_text(f"set -euo pipefail\nsource {HELPER}\n{body}\n")
+    return script
+
+
+def test_every_step_only_checks_on_a_machine_that_has_everything(tmp_path: Path) -> None:
+    """The bootstrap's loop, as it runs after a first bootstrap: no apt-get at all."""
+    fake = tmp_path / "bin"
+    env = fake_bin(fake, uid=0)
+    loop = 'for step in scripts/setup.d/*.sh; do bash "$step" || exit 1; done'
+    done = subprocess.run(["/bin/bash", "-c", loop], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert apt_calls(fake) == []
+    assert "installing" not in done.stderr
+
+
+def test_missing_packages_are_installed_with_one_update_and_one_install(tmp_path: Path) -> None:
+    (tmp_path / "lib" / "x86" / "faketime").mkdir(parents=True)
+    (tmp_path / "lib" / "x86" / "faketime" / "lib.so").write_text("")
+    fake = tmp_path / "bin"
+    script = helper_script(tmp_path, f"""
+want first-missing no-such-command-here /no/such/path
+want present-by-command sh
+want present-by-glob no-such-command-here '{tmp_path}/lib/*/faketime/lib.so'
+want second-missing '{tmp_path}/lib/*/nothing/lib.so'
+install_wanted "the tests that need them will skip"
+echo "after: ${{#_wanted_missing[@]}} missing"
+""")
+    done = run_bash(script, fake_bin(fake, uid=0))
+    assert done.returncode == 0, done.stderr
+    assert apt_calls(fake) == ["update -qq", "install -y -qq first-missing second-missing"]
+    assert "step.sh: installing first-missing second-missing" in done.stderr
+    assert "after: 0 missing" in done.stdout
+
+
+def test_not_root_names_the_missing_packages_and_installs_nothing(tmp_path: Path) -> None:
+    fake = tmp_path / "bin"
+    script = helper_script(tmp_path, """
+want missing-one no-such-command-here
+install_wanted "the image tests will skip (fail under CI=true)" || { echo skipped; exit 0; }
+echo "not reached"
+""")
+    done = run_bash(script, fake_bin(fake, uid=1000))
+    assert done.returncode == 0, done.stderr
+    assert apt_calls(fake) == []
+    assert done.stdout.split() == ["skipped"]
+    assert "step.sh: missing missing-one and not root: the image tests will skip " \
+           "(fail under CI=true)" in done.stderr
+
+
+def test_nothing_missing_runs_no_apt_get_even_as_root(tmp_path: Path) -> None:
+    fake = tmp_path / "bin"
+    script = helper_script(tmp_path, 'want shell sh bash\ninstall_wanted "never said"')
+    done = run_bash(script, fake_bin(fake, uid=0))
+    assert done.returncode == 0 and done.stderr == ""
+    assert apt_calls(fake) == []
+
+
+@pytest.mark.parametrize("step, installs", [("10-podman.sh", ["podman"])])
+def test_a_real_step_installs_what_is_missing_from_a_bare_path(tmp_path: Path, step: str,
+                                                               installs: list[str]) -> None:
+    """The step as bootstrap runs it, with a PATH where podman is not found (runc and
+    debootstrap are proven by their absolute paths, which this machine has after bootstrap)."""
+    if not (Path("/usr/sbin/runc").exists() and Path("/usr/sbin/debootstrap").exists()):
+        pytest.skip("runc or debootstrap not at /usr/sbin: run scripts/bootstrap")
+    fake = tmp_path / "bin"
+    done = run_bash(f"scripts/setup.d/{step}", fake_bin(fake, uid=0, keep_path=False))
+    assert done.returncode == 0, done.stderr
+    assert apt_calls(fake) == ["update -qq", f"install -y -qq {' '.join(installs)}"]
