@@ -287,7 +287,7 @@ def ls(**kwargs: Any) -> None:
 
     def body(config: Config, _cancel: threading.Event) -> dict[str, Any]:
         files = size = 0
-        out = click.get_text_stream("stdout")
+        out = sys.stdout
         for row in commands.ls(config, own["patterns"]):  # rows as they come: a run may hold
             if own["as_json"]:                            # a million files
                 out.write(json.dumps(row, ensure_ascii=False) + "\n")
