@@ -20,6 +20,9 @@ from catalog_agent.stores import open_store
 from catalog_agent.stores.base import Store
 
 
+UNVERIFIED_LOGGED = 100  # one warning per file up to this many, then one for the rest
+
+
 def _patterns(given: tuple[str, ...], configured: tuple[str, ...], command: str,
               config: Config) -> list[patterns.Pattern]:
     texts = given or configured
@@ -181,9 +184,12 @@ def get(config: Config, given: tuple[str, ...], *, record: str | None,
         store.close()
         if folder is not None:
             folder.close()
-    for relative in result.unverified:
+    for relative in result.unverified[:UNVERIFIED_LOGGED]:
         log.warning("unverified", path=relative,
                     reason="stored by another tool: no recorded hash to verify against")
+    if len(result.unverified) > UNVERIFIED_LOGGED:
+        log.warning("unverified", more=len(result.unverified) - UNVERIFIED_LOGGED,
+                    reason="and more files with no recorded hash (get.done counts them all)")
     if record:
         location = _location(store, config)
         write_record(record, (manifest.entry(i.relative, i.expected_sha256, i.size,

@@ -6,6 +6,7 @@ put is stored, so its presence means the step's outputs are complete.
 
 from __future__ import annotations
 
+import codecs
 import json
 import re
 from dataclasses import dataclass
@@ -16,10 +17,9 @@ from catalog_agent import __version__
 from catalog_agent.errors import IntegrityError
 
 FORMAT = "catalog-agent/manifest/v1"
-# A manifest not laid out one file per line (an older agent's) is read whole, up to this size;
-# one that is, line by line, whatever its size.
-MAX_MANIFEST_BYTES = 64 * 1024 * 1024
-MAX_LINE_BYTES = 1024 * 1024
+# A manifest is read piece by piece whatever its size; no single entry or field may be larger.
+MAX_ITEM_CHARS = 1024 * 1024
+_NOT_SPACE = re.compile(r"[^ \t\n\r]")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -88,24 +88,16 @@ def encode(head: dict[str, Any], entries: Iterable[Entry]) -> Iterator[bytes]:
 
 
 def read(chunks: Iterable[bytes], where: str) -> Iterator[Entry]:
-    """The entries of a stored manifest, as the pieces arrive; anything malformed is an
-    integrity error. A manifest laid out otherwise (an older agent's, indented) is read whole,
-    up to MAX_MANIFEST_BYTES."""
-    lines = _lines(iter(chunks), where)
-    first = next(lines, b"")
-    if not first.rstrip().endswith(b'"files": ['):
-        yield from _read_whole(first, lines, where)
-        return
-    _fields(first, where)
-    for line in lines:
-        text = line.strip()
-        if text in (b"]}", b"]}\n"):
-            return
-        if text.endswith(b","):
-            text = text[:-1]
-        if text:
-            yield _entry(_json(text, where), where)
-    raise IntegrityError(f"manifest {where} ends before its file list does")
+    """The entries of a stored manifest, parsed as the pieces arrive; anything malformed is an
+    integrity error.
+
+    Any JSON layout is read this way (one file per line as the agent writes it, an older
+    agent's indented document): no more than one entry, or one other field, is ever held
+    beyond the piece being read, and neither may exceed MAX_ITEM_CHARS. A manifest of a
+    million files, or a hostile one of 64 MiB of tiny items, costs no more memory than one
+    of ten files.
+    """
+    return _Reader(iter(chunks), where).entries()
 
 
 def parse(raw: bytes, where: str) -> list[Entry]:
@@ -113,51 +105,112 @@ def parse(raw: bytes, where: str) -> list[Entry]:
     return list(read([raw], where))
 
 
-def _lines(chunks: Iterator[bytes], where: str) -> Iterator[bytes]:
-    pending = b""
-    for chunk in chunks:
-        pending += chunk
-        if len(pending) > MAX_LINE_BYTES and b"\n" not in pending:
-            # no line is that long in a manifest written by the agent: read it whole instead
-            yield pending
-            yield from chunks
+class _Reader:
+    """An incremental reader of one JSON object whose ``files`` member is a list of entries."""
+
+    def __init__(self, chunks: Iterator[bytes], where: str) -> None:
+        self.chunks = chunks
+        self.where = where
+        self.text = ""
+        self.pos = 0
+        self.ended = False
+        self.utf8 = codecs.getincrementaldecoder("utf-8")()
+        self.decoder = json.JSONDecoder()
+
+    def entries(self) -> Iterator[Entry]:
+        self._expect("{")
+        found = False
+        if self._peek() == "}":
+            self.pos += 1
+        else:
+            while True:
+                name = self._value()
+                if not isinstance(name, str):
+                    raise self._broken()
+                self._expect(":")
+                if name == "files" and self._peek() == "[":
+                    found = True
+                    self.pos += 1
+                    yield from self._items()
+                else:
+                    value = self._value()
+                    if name == "files":
+                        raise IntegrityError(f"manifest {self.where} has no 'files' list")
+                    del value
+                if self._peek() == ",":
+                    self.pos += 1
+                    continue
+                self._expect("}")
+                break
+        if self._peek() != "":
+            raise self._broken()  # something after the document
+        if not found:
+            raise IntegrityError(f"manifest {self.where} has no 'files' list")
+
+    def _items(self) -> Iterator[Entry]:
+        if self._peek() == "]":
+            self.pos += 1
             return
-        *complete, pending = pending.split(b"\n")
-        for line in complete:
-            yield line + b"\n"
-    if pending:
-        yield pending
+        while True:
+            yield _entry(self._value(), self.where)
+            if self._peek() == ",":
+                self.pos += 1
+                continue
+            self._expect("]")
+            return
 
+    def _value(self) -> Any:
+        """The next JSON value, reading more pieces until it is whole (or too large)."""
+        while True:
+            self._peek()
+            try:
+                value, end = self.decoder.raw_decode(self.text, self.pos)
+            except json.JSONDecodeError:
+                value, end = None, -1
+            except (RecursionError, ValueError):  # too deep, or a number of 5,000 digits
+                raise self._broken() from None
+            if end - self.pos > MAX_ITEM_CHARS or \
+                    (end < 0 and len(self.text) - self.pos > MAX_ITEM_CHARS):
+                # Too large whole, or still incomplete (or malformed: more text would not help).
+                raise IntegrityError(f"manifest {self.where} holds an entry or field larger "
+                                     f"than {MAX_ITEM_CHARS} characters")
+            if end >= 0 and (end < len(self.text) or self.ended):
+                self.pos = end
+                return value
+            if not self._more():
+                raise self._broken()
 
-def _read_whole(first: bytes, rest: Iterator[bytes], where: str) -> Iterator[Entry]:
-    parts, size = [first], len(first)
-    for part in rest:
-        size += len(part)
-        if size > MAX_MANIFEST_BYTES:
-            raise IntegrityError(f"manifest {where} is larger than {MAX_MANIFEST_BYTES} bytes "
-                                 f"and not laid out one file per line")
-        parts.append(part)
-    doc = _json(b"".join(parts), where)
-    files = doc.get("files") if isinstance(doc, dict) else None
-    if not isinstance(files, list):
-        raise IntegrityError(f"manifest {where} has no 'files' list")
-    for item in files:
-        yield _entry(item, where)
+    def _peek(self) -> str:
+        """The next character that is not white space ('' at the end)."""
+        while True:
+            found = _NOT_SPACE.search(self.text, self.pos)
+            if found is not None:
+                self.pos = found.start()
+                return self.text[self.pos]
+            self.pos = len(self.text)
+            if not self._more():
+                return ""
 
+    def _expect(self, char: str) -> None:
+        if self._peek() != char:
+            raise self._broken()
+        self.pos += 1
 
-def _fields(first: bytes, where: str) -> None:
-    text = first.rstrip()[:-len(b'"files": [')].rstrip()
-    if text.endswith(b","):
-        text = text[:-1]
-    if not isinstance(_json(text + b"}", where), dict):
-        raise IntegrityError(f"manifest {where} is not valid JSON")
+    def _more(self) -> bool:
+        if self.ended:
+            return False
+        chunk = next(self.chunks, None)
+        try:
+            text = self.utf8.decode(chunk or b"", final=chunk is None)
+        except UnicodeDecodeError:
+            raise IntegrityError(f"manifest {self.where} is not UTF-8 text") from None
+        self.text = self.text[self.pos:] + text  # what was read is let go
+        self.pos = 0
+        self.ended = chunk is None
+        return True
 
-
-def _json(text: bytes, where: str) -> Any:
-    try:
-        return json.loads(text.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-        raise IntegrityError(f"manifest {where} is not valid JSON") from None
+    def _broken(self) -> IntegrityError:
+        return IntegrityError(f"manifest {self.where} is not valid JSON")
 
 
 def _entry(item: Any, where: str) -> Entry:

@@ -58,7 +58,7 @@ class RunState:
     _sources: bytearray = field(default_factory=bytearray)
     _executable: bytearray = field(default_factory=bytearray)
     _recorded_sizes: array = field(default_factory=lambda: array("q"))  # -1: none recorded
-    _steps_of: array = field(default_factory=lambda: array("H"))  # index into steps
+    _steps_of: array = field(default_factory=lambda: array("I"))  # index into steps
     steps: list[str] = field(default_factory=lambda: [""])
 
     @property
@@ -89,7 +89,7 @@ class RunState:
         self._sources = bytearray(rows)
         self._executable = bytearray(rows)
         self._recorded_sizes = array("q", [-1]) * rows
-        self._steps_of = array("H", [0]) * rows
+        self._steps_of = array("I", [0]) * rows
 
     def record(self, relative: str, sha256: str, size: int, executable: bool, step: str,
                *, source: str = MANIFEST) -> bool:

@@ -283,7 +283,10 @@ def put(store: Store, folder: Folder, items: list[PutItem], state: RunState, *,
 
     _execute(enumerate(items), (len(items), sum(i.size for i in items)), upload, result,
              concurrency=concurrency, cancel=cancel, store=store)
-    return result, [r for r in recorded if r is not None]
+    if any(r is None for r in recorded):  # a worker ended without a record: never a silent gap
+        raise TransferError("internal error: a file of the put has no record; no manifest "
+                            "was written")
+    return result, recorded  # type: ignore[return-value]
 
 
 def hash_for_plan(store: Store, folder: Folder, items: list[PutItem], state: RunState, *,
@@ -324,7 +327,8 @@ def get(store: Store, folder: Folder, planned: GetPlan, *, concurrency: int,
             if expected is None:
                 with unverified_lock:
                     result.unverified.append(item.relative)
-            target.commit(item.executable or fetched.executable)
+            # The mode a manifest recorded wins; the object's own only when nothing records it.
+            target.commit(item.executable if item.expected_from else fetched.executable)
         finally:
             target.discard()
         progress.file_done()

@@ -186,12 +186,12 @@ def test_an_overlong_pattern_is_a_usage_error(agent, tmp_path: Path) -> None:
 def test_an_absurd_manifest_makes_get_exit_6_and_write_nothing(agent, s3, bucket,
                                                                tmp_path: Path,
                                                                kind: str) -> None:
-    from catalog_agent.manifest import MAX_MANIFEST_BYTES
+    from catalog_agent.manifest import MAX_ITEM_CHARS
 
     s3.put_object(Bucket=bucket, Key="m/data.txt", Body=b"data")
-    if kind == "oversized":  # valid JSON, one byte over the limit
-        body = b'{"files": [], "pad": "' + b"x" * (MAX_MANIFEST_BYTES - 20) + b'"}'
-        assert len(body) > MAX_MANIFEST_BYTES
+    if kind == "oversized":  # valid JSON, one field larger than any manifest field may be
+        body = b'{"files": [], "pad": "' + b"x" * (MAX_ITEM_CHARS + 1) + b'"}'
+        assert len(body) > MAX_ITEM_CHARS
     elif kind == "nested":
         body = b"[" * 200_000 + b"]" * 200_000
     elif kind == "no-files-list":

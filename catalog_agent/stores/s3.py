@@ -16,6 +16,7 @@ import asyncio
 import hashlib
 import math
 import os
+import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Awaitable, Callable, Iterable, Iterator, TypeVar
@@ -226,11 +227,11 @@ class S3Store:
     def head(self, key: str) -> StoredObject | None:
         try:
             reply = self.run(self.s3.head(key))
+            if reply is None:
+                return None
+            return _stored(key, reply.headers, int(reply.headers.get("content-length", 0)))
         except Exception as exc:  # noqa: BLE001
             raise self._translated(exc, f"read s3://{self.bucket}/{key}") from None
-        if reply is None:
-            return None
-        return _stored(key, reply.headers, int(reply.headers.get("content-length", 0)))
 
     def read_small(self, key: str, limit: int) -> bytes | None:
         try:
@@ -464,7 +465,7 @@ class S3Store:
         """Fetch the object into ``target`` and hash what was written: one GET, or parts."""
         try:
             if size < self.threshold:
-                return await self._get_small(key, target, progress, cancel)
+                return await self._get_small(key, target, size, progress, cancel)
             return await self._get_large(key, target, size, progress, cancel)
         except AgentError:
             raise
@@ -472,14 +473,18 @@ class S3Store:
             raise translate(exc, f"download s3://{self.bucket}/{key}",
                             bucket=self.bucket) from None
 
-    async def _get_small(self, key: str, target: Incoming, progress: ProgressCallback,
-                         cancel: threading.Event) -> Fetched:
+    async def _get_small(self, key: str, target: Incoming, size: int,
+                         progress: ProgressCallback, cancel: threading.Event) -> Fetched:
         """GET and write to ``target`` while hashing; a broken body fetches this object again."""
         async def fetch(attempt: int) -> Fetched:
             digest = hashlib.sha256()
             written = [0]
 
             def sink(block: bytes) -> None:
+                if written[0] + len(block) > size:  # never more than was listed to the disk
+                    raise TransferError(f"download s3://{self.bucket}/{key} failed: the object "
+                                        f"is larger than the {size} bytes listed (it changed "
+                                        f"since)")
                 _pwrite_all(target.fd, block, written[0])
                 digest.update(block)
                 written[0] += len(block)
@@ -487,6 +492,10 @@ class S3Store:
             if attempt > 1:  # a body cut short: start the file again
                 os.ftruncate(target.fd, 0)
             reply = await self.s3.get(key, sink)
+            if written[0] != size:
+                raise TransferError(f"download s3://{self.bucket}/{key} failed: the object "
+                                    f"has {written[0]} bytes where {size} were listed (it "
+                                    f"changed since)")
             progress(written[0])
             stored = _stored(key, reply.headers, written[0])
             return Fetched(digest.hexdigest(), stored.sha256, stored.executable)
@@ -665,6 +674,9 @@ def _stored(key: str, headers: Any, size: int) -> StoredObject:
             sha = value
         elif lower == "x-amz-meta-" + MODE_META:
             mode = value
-    return StoredObject(key, size,
-                        sha256=sha.lower() if isinstance(sha, str) and len(sha) == 64 else None,
+    sha = sha.lower() if isinstance(sha, str) else None
+    return StoredObject(key, size, sha256=sha if sha and _HEX64.fullmatch(sha) else None,
                         executable=mode == "755")
+
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
