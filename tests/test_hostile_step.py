@@ -249,6 +249,66 @@ def test_a_symlink_in_the_root_file_system_on_the_way_is_followed(
     assert ran.code == 0, ran.output[-2000:]
 
 
+def test_a_planted_link_behind_an_image_link_is_refused(agent, s3, bucket: str,  # noqa: ANN001
+                                                       tmp_path: Path, secret: Path) -> None:
+    """The image has /data -> /mnt/shared/data and /mnt/shared is a volume the step shares: the
+    step replaces /mnt/shared/data with a link to a secret folder. The kernel, resolving the
+    image link's whole target, followed the planted link too and put shipped the secret."""
+    volume = tmp_path / "volume"
+    image_link = tmp_path / "data"
+    image_link.symlink_to(volume / "data")
+    ran = in_volume(agent, volume, f'ln -s "{secret.parent}" data', "put", "**", "--run-id",
+                    "r", "--step", "s", "--compute-data-folder", str(image_link))
+    assert ran.code == 6, ran.output[-2000:]
+    (error,) = [e for e in log_events(ran.stderr) if e["level"] == "error"]
+    assert f"refusing data folder {image_link}: {volume}/data is a symlink inside the volume " \
+           f"mounted at {volume}" in error["event"]
+    assert "Contents" not in s3.list_objects_v2(Bucket=bucket)
+    (tmp_path / "data2").symlink_to(tmp_path / "volume2" / "data")
+    ran = in_volume(agent, tmp_path / "volume2", f'ln -s "{secret.parent}" data', "get", "**",
+                    "--allow-missing", "--run-id", "r", "--compute-data-folder",
+                    str(tmp_path / "data2"))
+    assert ran.code == 6, ran.output[-2000:]
+    assert f"{tmp_path}/volume2/data is a symlink inside the volume" in ran.stderr
+    assert sorted(p.name for p in secret.parent.iterdir()) == ["environ"]
+
+
+def test_image_links_to_a_real_folder_in_a_volume_are_walked(agent, s3, bucket: str,  # noqa: ANN001
+                                                             tmp_path: Path) -> None:
+    """Absolute, relative and chained image links, '..' included, each name checked."""
+    volume = tmp_path / "volume"
+    (tmp_path / "links").mkdir()
+    (tmp_path / "links" / "data").symlink_to("../volume/real")  # relative, with '..'
+    (tmp_path / "chained").symlink_to("links/data")  # a link to a link
+    (tmp_path / "absolute").symlink_to(volume / "real" / "sub" / ".." / "sub")
+    setup = "mkdir -p real/sub && echo ok > real/sub/ok.txt"
+    for run, folder, key in (("r1", "chained", "r1/sub/ok.txt"),
+                             ("r2", "absolute", "r2/ok.txt")):
+        ran = in_volume(agent, volume, setup, "put", "**", "--run-id", run, "--step", "s",
+                        "--compute-data-folder", str(tmp_path / folder))
+        assert ran.code == 0, ran.output[-2000:]
+        assert s3.get_object(Bucket=bucket, Key=key)["Body"].read() == b"ok\n"
+        shutil.rmtree(volume)
+
+
+def test_a_loop_of_image_links_is_refused_after_40_hops(tmp_path: Path) -> None:
+    (tmp_path / "a").symlink_to("b")
+    (tmp_path / "b").symlink_to("a")
+    with pytest.raises(IntegrityError, match="more than 40 symlinks on the way to it"):
+        local.open_folder(tmp_path / "a", create=False)
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real" / "x.txt").write_text("x")
+    previous = "real"
+    for hop in range(40):  # 40 links in a chain: as many as the kernel follows
+        (tmp_path / f"l{hop}").symlink_to(previous)
+        previous = f"l{hop}"
+    with local.open_folder(tmp_path / previous, create=False) as opened:
+        assert [e.relative for e in opened.scan()] == ["x.txt"]
+    (tmp_path / "l40").symlink_to(previous)
+    with pytest.raises(IntegrityError, match="more than 40 symlinks"):
+        local.open_folder(tmp_path / "l40", create=False)
+
+
 # --- every name put accepts, get can write ---
 
 NAMES = {
