@@ -61,6 +61,29 @@ OPEN_FILE = os.O_RDONLY | _NOFOLLOW | _NONBLOCK | _NOCTTY | _CLOEXEC
 
 
 @dataclass(frozen=True)
+class Modes:
+    """The modes of what get creates in one folder."""
+
+    file: int
+    executable: int
+    folder: int
+
+
+# A folder of its own: only the agent's uid writes what it created.
+PRIVATE = Modes(FILE_MODE, EXEC_MODE, FOLDER_MODE)
+# A folder shared by group, marked by its setgid bit, as Kubernetes makes a volume with fsGroup
+# (an emptyDir is 02777, group fsGroup): a main container of another uid with fsGroup among its
+# groups (root, uid 1000, ...) must write into the folders get made and update fetched files.
+# The new folders keep the setgid bit, so that what lands in them is shared too.
+SHARED = Modes(0o664, 0o775, 0o2775)
+
+
+def modes_in(folder_fd: int) -> Modes:
+    """SHARED in a folder with the setgid bit, else PRIVATE: the rule of docs/safety.md."""
+    return SHARED if os.fstat(folder_fd).st_mode & stat.S_ISGID else PRIVATE
+
+
+@dataclass(frozen=True)
 class Identity:
     """What ``fstat`` says about a file: any write, truncation or swap changes one of these.
 
@@ -227,13 +250,15 @@ def _folder_error(shown: str, walked: str, exc: OSError, kind: str) -> Exception
 
 
 def _make_folder(parent_fd: int, name: str) -> None:
+    """Make folder ``name``: 0755, or 02775 in a folder shared by group (:func:`modes_in`)."""
+    mode = modes_in(parent_fd).folder
     try:
-        os.mkdir(name, FOLDER_MODE, dir_fd=parent_fd)
+        os.mkdir(name, mode, dir_fd=parent_fd)
     except FileExistsError:
         return
     child = os.open(name, OPEN_FOLDER, dir_fd=parent_fd)
     try:
-        os.fchmod(child, FOLDER_MODE)  # whatever the umask
+        os.fchmod(child, mode)  # whatever the umask
     finally:
         os.close(child)
 
@@ -544,9 +569,10 @@ class Folder:
 
         parent, owned = self._folder_fd(parts[:-1], create=True, error=unwritable)
         try:
+            modes = modes_in(parent)
             temporary = temporary_name(parts[-1])
             fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC,
-                         FILE_MODE, dir_fd=parent)
+                         modes.file, dir_fd=parent)
         except OSError as exc:
             if owned:
                 os.close(parent)
@@ -556,7 +582,7 @@ class Folder:
             if owned:
                 os.close(parent)
             raise
-        return Incoming(self, relative, parent, owned, parts[-1], temporary, fd)
+        return Incoming(self, relative, parent, owned, parts[-1], temporary, fd, modes)
 
 
 @dataclass
@@ -599,11 +625,12 @@ class Incoming:
     name: str
     temporary: str
     fd: int
+    modes: Modes = PRIVATE  # the folder's rule (:func:`modes_in`), as it was created
 
     def commit(self, executable: bool) -> None:
         """Give the finished file its mode and move it to its final name in one step."""
-        wanted = EXEC_MODE if executable else FILE_MODE
-        if executable or _UMASK & FILE_MODE:  # created FILE_MODE; only fix what differs
+        wanted = self.modes.executable if executable else self.modes.file
+        if wanted != self.modes.file & ~_UMASK:  # created modes.file less the umask
             os.fchmod(self.fd, wanted)
         try:
             # rename() replaces a symlink at the final name itself, never what it points to,
@@ -689,4 +716,5 @@ def _unwritable(relative: str, where: str, exc: OSError, kind: str) -> Exception
 
 __all__ = ["FILE", "LINK_OUTSIDE", "HARDLINK_OUTSIDE", "LINK_TO_FOLDER", "DANGLING", "SPECIAL",
            "UNSAFE_LINKS", "PART_SUFFIX", "Folder", "FolderMissing", "Identity", "Incoming",
-           "LocalEntry", "OpenedFile", "open_folder", "temporary_name"]
+           "LocalEntry", "Modes", "OpenedFile", "PRIVATE", "SHARED", "modes_in", "open_folder",
+           "temporary_name"]
