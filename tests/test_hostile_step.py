@@ -376,10 +376,13 @@ def test_names_of_255_bytes_round_trip(agent, tmp_path: Path, catalog: str) -> N
 
 
 @pytest.mark.parametrize("catalog", ["s3", "file-system"])
-def test_paths_near_the_limits_round_trip_or_are_skipped_by_name(agent, tmp_path: Path,
-                                                                 catalog: str) -> None:
+def test_paths_near_the_limits_round_trip_or_are_refused_by_name(agent, s3, bucket: str,  # noqa: ANN001
+                                                                 tmp_path: Path, catalog: str
+                                                                 ) -> None:
     """A path of about 1,000 bytes (S3 keys hold 1,024) round-trips through both catalogs; one
-    near PATH_MAX (4,096) round-trips through a folder catalog, and S3 put skips it by name."""
+    near PATH_MAX (4,096) round-trips through a folder catalog, and S3 put refuses it by name
+    before sending anything (skipped with a warning and exit 0, the catalog silently lacked
+    it)."""
     out = tmp_path / "out"
     out.mkdir()
     near_s3 = ["é" * 100] * 4 + ["f.txt"]  # 4 x 201 + 5 = 809 bytes, plus the run's prefix
@@ -394,17 +397,23 @@ def test_paths_near_the_limits_round_trip_or_are_skipped_by_name(agent, tmp_path
                                       "CATALOG_AGENT_CATALOG_LOCATION": str(tmp_path / "cat")}
     ran = agent("put", "**", "--run-id", "n", "--step", "s", "--compute-data-folder",
                 str(out), env=env)
+    if catalog == "s3":
+        assert ran.code == 6, ran.output[-2000:]
+        (error,) = [e for e in log_events(ran.stderr) if e["level"] == "error"]
+        assert error["event"].startswith(f"refusing to put '{'/'.join(near_path_max)}': its key "
+                                         f"would be 4023 bytes, more than the 1024 bytes")
+        assert "nothing was sent" in error["event"]
+        assert "Contents" not in s3.list_objects_v2(Bucket=bucket)
+        shutil.rmtree(out / near_path_max[0])  # put again without it: the rest round-trips
+        ran = agent("put", "**", "--run-id", "n", "--step", "s", "--compute-data-folder",
+                    str(out), env=env)
     assert ran.code == 0, ran.output[-2000:]
-    skipped = [e for e in log_events(ran.stderr) if e["event"] == "skipped"]
+    assert not [e for e in log_events(ran.stderr) if e["event"] == "skipped"]
     ran = agent("get", "**", "--run-id", "n", "--compute-data-folder", str(tmp_path / "in"),
                 env=env)
     assert ran.code == 0, ran.output[-2000:]
     assert read_nested(tmp_path / "in", near_s3) == b"near the key limit"
-    if catalog == "s3":
-        assert len(skipped) == 1 and skipped[0]["path"].endswith("g.txt")
-        assert "more than the store's 1024" in skipped[0]["reason"]
-    else:
-        assert skipped == []
+    if catalog == "file-system":
         assert read_nested(tmp_path / "in", near_path_max) == b"near PATH_MAX"
 
 
