@@ -248,6 +248,23 @@ def test_the_agent_accepts_the_configmap(helm: str, values: Path, offline_agent,
                 assert "dag.steps" in effective[key]["source"]
 
 
+def test_region_is_left_to_the_pods_aws_region_unless_set(helm: str, offline_agent,  # noqa: ANN001
+                                                           tmp_path: Path) -> None:
+    """The chart wrote region: eu-west-1 by default, overriding the AWS_REGION EKS injects."""
+    for sets, region, source in (((), "us-east-2", "variable AWS_REGION"),
+                                 (("catalog.config.region=eu-west-1",), "eu-west-1", "file")):
+        docs = render(helm, CHART, sets=("catalog.config.s3_bucket=my-catalog", *sets))
+        (configmap,) = of_kind(docs, "ConfigMap")
+        path = tmp_path / "config.yaml"
+        path.write_text(configmap["data"]["config.yaml"])
+        assert ("region" in yaml.safe_load(path.read_text())["catalog"]["config"]) == bool(sets)
+        ran = offline_agent("config", "--json", "--config", str(path),
+                            env={"AWS_REGION": "us-east-2"})
+        assert ran.code == 0, ran.output
+        shown = json.loads(ran.stdout)["region"]
+        assert shown["value"] == region and shown["source"].startswith(source), shown
+
+
 def shown_as(value: Any) -> str:
     """A value as `catalog-agent config` prints it."""
     if isinstance(value, bool):

@@ -55,18 +55,26 @@ def shown_default(default: object) -> str:
     return "''" if default == "" else str(default)
 
 
+def default_cell(name: str) -> str:
+    """The table's default column: the default, after the variables read before it."""
+    spec = KEYS[name]
+    default = "~/.aws/credentials" if name == "aws_credentials_file" else \
+        shown_default(spec.default)
+    return "".join(f"`{v}`, " for v in spec.fallback_env) + \
+        ("else " if spec.fallback_env else "") + f"`{default}`"
+
+
 # --- tables equal to the code -----------------------------------------------------------------
 
 def test_configuration_table_lists_every_key_with_its_default_variable_and_flag() -> None:
     rows = {m.group(1): m.groups()[1:] for m in re.finditer(
-        r"^\| `(\w+)` \| `([^`]*)` \| [^|]* \| `(\w+)` \| `([^`]+)` \|",
+        r"^\| `(\w+)` \| (`[^|]*`) \| [^|]* \| `(\w+)` \| `([^`]+)` \|",
         section(CONFIGURATION, "## Keys"), re.M)}
     assert set(rows) == set(KEYS)
     for name, spec in KEYS.items():
-        default = "~/.aws/credentials" if name == "aws_credentials_file" else \
-            shown_default(spec.default)
         flag = spec.flag_name if spec.flag else "arguments"
-        assert rows[name] == (default, spec.env, flag), name
+        assert rows[name] == (default_cell(name), spec.env, flag), name
+    assert default_cell("region") == "`AWS_REGION`, `AWS_DEFAULT_REGION`, else `eu-west-1`"
 
 
 def test_other_variables_table_lists_exactly_the_other_variables() -> None:
