@@ -407,23 +407,28 @@ def install_entrypoint(directory: str) -> Path:
     """Copy the wrapper to ``directory/entrypoint``, mode 0755, through a temporary name.
 
     An init container runs this into a shared emptyDir, so the step's own image needs no change
-    beyond its command. A reader never sees half a script.
+    beyond its command. A reader never sees half a script. The temporary file has a random name,
+    is created only where nothing is (no link followed) and gets its mode through its own
+    descriptor: nothing another process puts at a name can take the write or the chmod.
     """
+    from catalog_agent.local import temporary_name
+
     if not directory:
         raise ConfigError("install-entrypoint: DIR is empty")
     folder = Path(directory)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         target = folder / "entrypoint"
-        temporary = folder / f".entrypoint.{os.getpid()}.part"
+        temporary = folder / temporary_name("entrypoint")
         try:
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o755)
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, 0o755)
             with os.fdopen(fd, "wb") as handle:
                 handle.write(packaged_entrypoint())
-            os.chmod(temporary, 0o755)
+                os.fchmod(handle.fileno(), 0o755)  # the file written, whatever the umask
             os.replace(temporary, target)
         finally:
-            if temporary.exists():
+            if os.path.lexists(temporary):  # the name itself, a link included
                 temporary.unlink()
     except OSError as exc:
         raise ConfigError(f"install-entrypoint: cannot write {folder}/entrypoint: "
