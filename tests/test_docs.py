@@ -30,7 +30,8 @@ PRODUCT_VARIABLES = {spec.env for spec in KEYS.values()} | OTHER_ENV
 # Options of other tools that the pages show in their commands (helm, pip, podman, rclone, ...):
 # none may be an option of the agent, and each must still appear in the pages.
 FOREIGN_OPTIONS = {
-    "--approve": "eksctl", "--cluster": "aws eks", "--namespace": "aws eks",
+    "--approve": "eksctl", "--cluster": "eksctl", "--cluster-name": "aws eks",
+    "--namespace": "aws eks",
     "--service-account": "aws eks", "--set": "helm", "--strict": "helm lint, kubernetes-validate",
     "--build-arg": "podman", "--layers": "podman", "--variant": "debootstrap",
     "--include": "debootstrap", "--no-deps": "pip", "--only-binary": "pip",
@@ -186,6 +187,19 @@ def test_command_lines_in_the_pages_parse_with_the_cli() -> None:
 
 
 # --- the pages as a whole ---------------------------------------------------------------------
+
+def test_pod_identity_commands_use_the_aws_clis_flags() -> None:
+    """`aws eks create-pod-identity-association` takes --cluster-name (the pages said --cluster,
+    which the AWS CLI refuses); the chart's NOTES.txt prints the same command."""
+    notes = (ROOT / "charts" / "catalog-agent" / "templates" / "NOTES.txt").read_text()
+    shown = [m.group(1) for text in [*PAGES.values(), notes]
+             for m in re.finditer(r"create-pod-identity-association([^`]*?ROLE_ARN)", text)]
+    assert len(shown) >= 2
+    for command in shown:
+        flags = set(re.findall(r"(?<![\w-])--[a-z][a-z-]*", command))
+        assert flags == {"--cluster-name", "--namespace", "--service-account", "--role-arn"}, \
+            command
+
 
 def test_every_docs_page_is_linked_from_the_readme() -> None:
     linked = set(re.findall(r"\]\(docs/([\w.-]+\.md)[)#]", README))
