@@ -88,12 +88,8 @@ def put(config: Config, given: tuple[str, ...], *, record: str | None,
         store = open_store(config, cancel)
         try:
             layout = config.key_layout
-            items, unstorable = plan.plan_put(files, layout.key,
-                                              max_object_size=store.max_object_size,
-                                              max_key_bytes=store.max_key_bytes)
-            for item in unstorable:
-                log.warning("skipped", path=item.relative, reason=item.reason)
-            skipped += unstorable
+            items = plan.plan_put(files, layout.key, max_object_size=store.max_object_size,
+                                  max_key_bytes=store.max_key_bytes)
             state = run_state.load(store, config.run_prefix, layout.folder)
             same_size = [e.relative for e in files
                          if (row := state.find(e.relative)) is not None

@@ -4,7 +4,9 @@ Everything is validated here, once, into a frozen :class:`Config`; the rest of t
 sees a raw value. Each value remembers where it came from, so errors and ``catalog-agent config``
 can say "from CATALOG_AGENT_REGION" rather than leaving the user to guess.
 
-Precedence, highest first: flag > environment > step entry > catalog config > default.
+Precedence, highest first: flag > environment > step entry > catalog config > default; a key
+may name AWS's own variables that come before its default (``region``: AWS_REGION, then
+AWS_DEFAULT_REGION, which EKS injects for IRSA and Pod Identity).
 """
 
 from __future__ import annotations
@@ -35,10 +37,13 @@ RUN = "run"  # only environment and flags (who is running, not what the catalog 
 
 def _key(default: Any, help: str, *, where: tuple[str, ...] = (CATALOG,), kind: str = "str",
          choices: tuple[str, ...] = (), flag: bool = True, minimum: int | None = None,
-         maximum: int | None = None) -> Any:
-    """Declare one configuration key: its default and how it is documented and validated."""
+         maximum: int | None = None, fallback_env: tuple[str, ...] = ()) -> Any:
+    """Declare one configuration key: its default and how it is documented and validated.
+
+    ``fallback_env``: variables not the agent's own (AWS's) read, in order, before the default
+    when nothing else sets the key; an empty one counts as unset."""
     meta = {"help": help, "where": where, "kind": kind, "choices": choices, "flag": flag,
-            "minimum": minimum, "maximum": maximum}
+            "minimum": minimum, "maximum": maximum, "fallback_env": fallback_env}
     return field(default=default, metadata=meta)
 
 
@@ -78,7 +83,8 @@ class Config:
     role_arn: str = _key("", "Role to assume on top of the base credentials.")
     session_duration_in_seconds: int = _key(900, "Duration of the assumed role's session.",
                                             kind="int", minimum=900, maximum=43200)
-    region: str = _key("eu-west-1", "AWS region for S3 and STS.")
+    region: str = _key("eu-west-1", "AWS region for S3 and STS.",
+                       fallback_env=("AWS_REGION", "AWS_DEFAULT_REGION"))
     # --- S3-compatible stores ---
     endpoint_url: str = _key("", "S3 endpoint URL (S3-compatible stores).")
     sts_endpoint_url: str = _key("", "STS endpoint URL; default is the regional endpoint.")
@@ -148,6 +154,7 @@ class KeySpec:
     flag: bool
     minimum: int | None
     maximum: int | None
+    fallback_env: tuple[str, ...] = ()
 
     @property
     def env(self) -> str:
@@ -404,6 +411,8 @@ def load(*, config_path: str | None = None, flags: Mapping[str, Any] | None = No
         elif name in catalog_values and catalog_values[name] is not None:
             where = "catalog.type" if name == "type" else "catalog.config"
             raw, source = catalog_values[name], f"file {path}, {where}"
+        elif fallback := next((v for v in spec.fallback_env if environ.get(v)), None):
+            raw, source = environ[fallback], f"variable {fallback}"
         else:
             sources[name] = "default"
             continue

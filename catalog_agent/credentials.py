@@ -534,6 +534,10 @@ def _sts_hint(operation: str, code: str, message: str, role: str, base: str,
                 f"region {config.region!r}")
     if code == "RegionDisabledException":
         return f"activate STS in region {config.region!r} (IAM account settings) or change region"
+    if code == "ValidationError" and "chaining" in message.lower():
+        return ("role_arn on top of IRSA, EKS Pod Identity or another assumed role is role "
+                "chaining, which AWS caps at 3600 s whatever the role's MaxSessionDuration: set "
+                "session_duration_in_seconds to 3600 or less (sessions refresh themselves)")
     if code == "ValidationError" and "duration" in message.lower():
         return ("session_duration_in_seconds exceeds the role's maximum session duration "
                 "(raise the role's MaxSessionDuration or lower the setting)")

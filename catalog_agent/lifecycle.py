@@ -16,13 +16,15 @@ import re
 import stat
 import threading
 import time
+import traceback
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from catalog_agent.config import Config
-from catalog_agent.errors import AgentError, ConfigError, Interrupted, MainLost, WaitTimeout
+from catalog_agent.errors import EXIT_INTERNAL, AgentError, ConfigError, Interrupted, MainLost, \
+    WaitTimeout
 from catalog_agent.logs import get_logger
 
 DEFAULT_STATUS_DIR = "/var/run/catalog-agent"
@@ -315,6 +317,14 @@ def error_document(*, run_id: str, step: str, mode: str, error: AgentError, when
         "utf-8", "backslashreplace")
 
 
+class InternalError(AgentError):
+    """An unexpected error (a bug) in a lifecycle put: exit 1 as any bug, but recorded like any
+    failed put, since a native sidecar's exit code alone fails nothing (the Job succeeds)."""
+
+    exit_code = EXIT_INTERNAL
+    kind = "internal"
+
+
 class LifecycleError(AgentError):
     """An error of a lifecycle put, carrying the lifecycle facts for the termination message."""
 
@@ -329,8 +339,9 @@ def run_put(config: Config, lifecycle: Settings, cancel: threading.Event,
             do_put: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     """Wait (for the exit code or SIGTERM), apply the policy, put or skip, record a failure.
 
-    ``do_put`` is the plain put. Any failure writes the error document (best effort) and is
-    re-raised with the lifecycle facts attached, so the termination message carries them.
+    ``do_put`` is the plain put. Any failure, an unexpected one (a bug, exit 1) included, writes
+    the error document (best effort) and is re-raised as an agent error with the lifecycle
+    facts attached, so the termination message carries them.
     """
     log = get_logger()
     facts: dict[str, Any] = {"mode": lifecycle.mode, "when": config.when,
@@ -356,6 +367,11 @@ def run_put(config: Config, lifecycle: Settings, cancel: threading.Event,
     except AgentError as exc:
         _write_error_document(config, lifecycle, exc, outcome)
         raise LifecycleError(exc, facts) from None
+    except Exception as exc:  # noqa: BLE001 - a bug: recorded all the same, exit 1 kept
+        log.debug("traceback", traceback=traceback.format_exc())  # --log-level debug, as the CLI
+        error = InternalError(f"internal error: {type(exc).__name__}: {exc}")
+        _write_error_document(config, lifecycle, error, outcome)
+        raise LifecycleError(error, facts) from None
 
 
 def _write_error_document(config: Config, lifecycle: Settings, error: AgentError,
@@ -391,23 +407,28 @@ def install_entrypoint(directory: str) -> Path:
     """Copy the wrapper to ``directory/entrypoint``, mode 0755, through a temporary name.
 
     An init container runs this into a shared emptyDir, so the step's own image needs no change
-    beyond its command. A reader never sees half a script.
+    beyond its command. A reader never sees half a script. The temporary file has a random name,
+    is created only where nothing is (no link followed) and gets its mode through its own
+    descriptor: nothing another process puts at a name can take the write or the chmod.
     """
+    from catalog_agent.local import temporary_name
+
     if not directory:
         raise ConfigError("install-entrypoint: DIR is empty")
     folder = Path(directory)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         target = folder / "entrypoint"
-        temporary = folder / f".entrypoint.{os.getpid()}.part"
+        temporary = folder / temporary_name("entrypoint")
         try:
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o755)
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, 0o755)
             with os.fdopen(fd, "wb") as handle:
                 handle.write(packaged_entrypoint())
-            os.chmod(temporary, 0o755)
+                os.fchmod(handle.fileno(), 0o755)  # the file written, whatever the umask
             os.replace(temporary, target)
         finally:
-            if temporary.exists():
+            if os.path.lexists(temporary):  # the name itself, a link included
                 temporary.unlink()
     except OSError as exc:
         raise ConfigError(f"install-entrypoint: cannot write {folder}/entrypoint: "

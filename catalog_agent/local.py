@@ -4,9 +4,10 @@ The step beside the agent shares this folder and may run code nobody reviewed, s
 inside it is reached relative to an open directory descriptor, one name at a time, never
 through a symlink (``O_NOFOLLOW``), and no open can block (``O_NONBLOCK``):
 
-- the folder itself (:func:`open_folder`): on the way to it, a symlink is followed only where
-  the step cannot have planted it, in the container's own root file system; inside any mounted
-  volume (``/proc/self/mountinfo``) a symlink on the way is refused;
+- the folder itself (:func:`open_folder`): the kernel never resolves a link on the way to it;
+  a symlink is read and its target walked name by name too, and followed only where the step
+  cannot have planted it, in the container's own root file system; inside any mounted volume
+  (``/proc/self/mountinfo``) a symlink on the real route is refused;
 - put: :meth:`Folder.scan` walks with directory descriptors and classifies every entry, and
   :meth:`Folder.open_file` opens a scanned file once, checking with ``fstat`` that it is the
   regular file the scan saw; the file is hashed and sent from that descriptor, and
@@ -47,6 +48,8 @@ TEMPORARY_NAME_KEEPS = 64
 # Folders whose descriptors a Folder keeps open for the files that follow (more are opened and
 # closed per file): well under the usual 1,024 open files.
 FOLDER_CACHE = 256
+# Symlinks followed on the way to a data folder before giving up, as the kernel does (ELOOP).
+MAX_LINK_HOPS = 40
 
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -55,6 +58,29 @@ _NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 _NOCTTY = getattr(os, "O_NOCTTY", 0)
 OPEN_FOLDER = os.O_RDONLY | _DIRECTORY | _NOFOLLOW | _NONBLOCK | _CLOEXEC
 OPEN_FILE = os.O_RDONLY | _NOFOLLOW | _NONBLOCK | _NOCTTY | _CLOEXEC
+
+
+@dataclass(frozen=True)
+class Modes:
+    """The modes of what get creates in one folder."""
+
+    file: int
+    executable: int
+    folder: int
+
+
+# A folder of its own: only the agent's uid writes what it created.
+PRIVATE = Modes(FILE_MODE, EXEC_MODE, FOLDER_MODE)
+# A folder shared by group, marked by its setgid bit, as Kubernetes makes a volume with fsGroup
+# (an emptyDir is 02777, group fsGroup): a main container of another uid with fsGroup among its
+# groups (root, uid 1000, ...) must write into the folders get made and update fetched files.
+# The new folders keep the setgid bit, so that what lands in them is shared too.
+SHARED = Modes(0o664, 0o775, 0o2775)
+
+
+def modes_in(folder_fd: int) -> Modes:
+    """SHARED in a folder with the setgid bit, else PRIVATE: the rule of docs/safety.md."""
+    return SHARED if os.fstat(folder_fd).st_mode & stat.S_ISGID else PRIVATE
 
 
 @dataclass(frozen=True)
@@ -114,47 +140,104 @@ def open_folder(path: str | os.PathLike[str], *, create: bool,
                 hide_reserved: bool = True) -> Folder:
     """Open the data folder, refusing a symlink planted on the way to it (exit 6).
 
-    Every name of the path is opened relative to its parent's descriptor. A symlink is followed
-    only when the folder holding it is in the container's root file system (the image); one in
-    a mounted volume, where the step may have put it, is refused. Missing folders are created
-    (0755) when ``create``.
+    Every name of the path is opened relative to its parent's descriptor, and the kernel never
+    resolves a link: a symlink is read (``readlink``) and its target's names are walked the
+    same way, from ``/`` for an absolute target, from the folder holding the link otherwise
+    (``..`` included). A symlink is followed only when the folder holding it is in the
+    container's root file system (the image); one in a mounted volume, where the step may have
+    put it, is refused, wherever on the real route it lies, behind an image link included.
+    Missing folders are created (:func:`_make_folder`) when ``create``.
     """
     shown = os.fspath(path)
     absolute = os.path.normpath(os.path.join(os.getcwd(), shown))
-    mounts = _mount_points()
-    fd = os.open("/", os.O_RDONLY | _DIRECTORY | _CLOEXEC)
-    walked = ""
+    walk = _Walk(shown, _mount_points(), create)
     try:
-        for name in [part for part in absolute.split("/") if part]:
-            here = _canonical(fd, walked or "/")
-            walked = f"{walked}/{name}"
+        walk.names(absolute)
+        return Folder(shown, walk.take(), hide_reserved=hide_reserved)
+    finally:
+        walk.close()
+
+
+class _Walk:
+    """The walk of :func:`open_folder`: one open folder at a time, and the names still to go."""
+
+    def __init__(self, shown: str, mounts: list[str] | None, create: bool) -> None:
+        self.shown = shown
+        self.mounts = mounts
+        self.create = create
+        self.fd = os.open("/", os.O_RDONLY | _DIRECTORY | _CLOEXEC)
+        self.walked = ""  # the real route so far, as the error messages show it
+        self.hops = 0
+
+    def take(self) -> int:
+        fd, self.fd = self.fd, -1
+        return fd
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def names(self, path: str) -> None:
+        pending = [part for part in path.split("/") if part]
+        pending.reverse()  # a stack: the next name last
+        while pending:
+            name = pending.pop()
+            if name == ".":
+                continue
+            if name == "..":
+                self._enter("..", OPEN_FOLDER)
+                self.walked = self.walked.rsplit("/", 1)[0]
+                continue
+            target = self._step(name)
+            if target is None:
+                continue
+            self.hops += 1
+            if self.hops > MAX_LINK_HOPS:
+                raise IntegrityError(
+                    f"refusing data folder {self.shown}: more than {MAX_LINK_HOPS} symlinks on "
+                    f"the way to it (a loop?), the last at {self.walked}/{name}")
+            if target.startswith("/"):
+                self._enter("/", os.O_RDONLY | _DIRECTORY | _CLOEXEC)
+                self.walked = ""
+            parts = [part for part in target.split("/") if part]
+            pending.extend(reversed(parts))
+
+    def _step(self, name: str) -> str | None:
+        """Enter folder ``name``; when it is a symlink the image may have, its target instead
+        (returned, nothing entered)."""
+        here = self.walked or "/"
+        where = f"{self.walked}/{name}"
+        try:
+            st = os.stat(name, dir_fd=self.fd, follow_symlinks=False)
+        except FileNotFoundError:
+            if not self.create:
+                raise FolderMissing(self.shown) from None
+            _make_folder(self.fd, name)
+            st = os.stat(name, dir_fd=self.fd, follow_symlinks=False)
+        if stat.S_ISLNK(st.st_mode):
+            volume = _volume_of(_canonical(self.fd, here), self.mounts)
+            if volume is not None:
+                raise IntegrityError(
+                    f"refusing data folder {self.shown}: {where} is a symlink inside the "
+                    f"volume mounted at {volume}, where the step could have planted it (give "
+                    f"the folder's real path)")
             try:
-                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-            except FileNotFoundError:
-                if not create:
-                    raise FolderMissing(shown) from None
-                _make_folder(fd, name)
-                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-            if stat.S_ISLNK(st.st_mode):
-                volume = _volume_of(here, mounts)
-                if volume is not None:
-                    raise IntegrityError(
-                        f"refusing data folder {shown}: {walked} is a symlink inside the volume "
-                        f"mounted at {volume}, where the step could have planted it (give the "
-                        f"folder's real path)")
-                flags = os.O_RDONLY | _DIRECTORY | _CLOEXEC  # the image's own link: followed
-            else:
-                flags = OPEN_FOLDER
-            try:
-                child = os.open(name, flags, dir_fd=fd)
-            except OSError as exc:
-                raise _folder_error(shown, walked, exc, _kind(fd, name)) from None
-            os.close(fd)
-            fd = child
-        return Folder(shown, fd, hide_reserved=hide_reserved)
-    except BaseException:
-        os.close(fd)
-        raise
+                return os.readlink(name, dir_fd=self.fd)  # the image's own link: walked
+            except OSError as exc:  # replaced meanwhile: looked at again as what it is now
+                raise _folder_error(self.shown, where, exc, _kind(self.fd, name)) from None
+        self._enter(name, OPEN_FOLDER, where=where)
+        self.walked = where
+        return None
+
+    def _enter(self, name: str, flags: int, *, where: str = "") -> None:
+        try:
+            child = os.open(name, flags, dir_fd=self.fd)
+        except OSError as exc:
+            raise _folder_error(self.shown, where or f"{self.walked}/{name}", exc,
+                                _kind(self.fd, name)) from None
+        os.close(self.fd)
+        self.fd = child
 
 
 def _folder_error(shown: str, walked: str, exc: OSError, kind: str) -> Exception:
@@ -167,13 +250,15 @@ def _folder_error(shown: str, walked: str, exc: OSError, kind: str) -> Exception
 
 
 def _make_folder(parent_fd: int, name: str) -> None:
+    """Make folder ``name``: 0755, or 02775 in a folder shared by group (:func:`modes_in`)."""
+    mode = modes_in(parent_fd).folder
     try:
-        os.mkdir(name, FOLDER_MODE, dir_fd=parent_fd)
+        os.mkdir(name, mode, dir_fd=parent_fd)
     except FileExistsError:
         return
     child = os.open(name, OPEN_FOLDER, dir_fd=parent_fd)
     try:
-        os.fchmod(child, FOLDER_MODE)  # whatever the umask
+        os.fchmod(child, mode)  # whatever the umask
     finally:
         os.close(child)
 
@@ -484,9 +569,10 @@ class Folder:
 
         parent, owned = self._folder_fd(parts[:-1], create=True, error=unwritable)
         try:
+            modes = modes_in(parent)
             temporary = temporary_name(parts[-1])
             fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC,
-                         FILE_MODE, dir_fd=parent)
+                         modes.file, dir_fd=parent)
         except OSError as exc:
             if owned:
                 os.close(parent)
@@ -496,7 +582,7 @@ class Folder:
             if owned:
                 os.close(parent)
             raise
-        return Incoming(self, relative, parent, owned, parts[-1], temporary, fd)
+        return Incoming(self, relative, parent, owned, parts[-1], temporary, fd, modes)
 
 
 @dataclass
@@ -539,11 +625,12 @@ class Incoming:
     name: str
     temporary: str
     fd: int
+    modes: Modes = PRIVATE  # the folder's rule (:func:`modes_in`), as it was created
 
     def commit(self, executable: bool) -> None:
         """Give the finished file its mode and move it to its final name in one step."""
-        wanted = EXEC_MODE if executable else FILE_MODE
-        if executable or _UMASK & FILE_MODE:  # created FILE_MODE; only fix what differs
+        wanted = self.modes.executable if executable else self.modes.file
+        if wanted != self.modes.file & ~_UMASK:  # created modes.file less the umask
             os.fchmod(self.fd, wanted)
         try:
             # rename() replaces a symlink at the final name itself, never what it points to,
@@ -629,4 +716,5 @@ def _unwritable(relative: str, where: str, exc: OSError, kind: str) -> Exception
 
 __all__ = ["FILE", "LINK_OUTSIDE", "HARDLINK_OUTSIDE", "LINK_TO_FOLDER", "DANGLING", "SPECIAL",
            "UNSAFE_LINKS", "PART_SUFFIX", "Folder", "FolderMissing", "Identity", "Incoming",
-           "LocalEntry", "OpenedFile", "open_folder", "temporary_name"]
+           "LocalEntry", "Modes", "OpenedFile", "PRIVATE", "SHARED", "modes_in", "open_folder",
+           "temporary_name"]

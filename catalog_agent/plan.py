@@ -155,12 +155,14 @@ def select_put(entries: list[LocalEntry], patterns: list[Pattern], *, allow_miss
 
 def plan_put(files: list[LocalEntry], key_of: Callable[[str], str], *,
              max_object_size: int | None,
-             max_key_bytes: int | None = None) -> tuple[list[PutItem], list[Skipped]]:
-    """Where each file goes (``key_of``: the layout's key of a path in the data folder), and
-    the files whose key the store cannot hold (skipped, as names
-    that are not keys are); a file too large for the store stops the put before anything is
-    sent."""
-    items, skipped = [], []
+             max_key_bytes: int | None = None) -> list[PutItem]:
+    """Where each file goes (``key_of``: the layout's key of a path in the data folder).
+
+    A file too large for the store stops the put before anything is sent (exit 5), and so does
+    a file whose key the store cannot hold (exit 6, every such file in ``refused``): skipping
+    it would leave the catalog silently without a file the step made.
+    """
+    items, refused = [], []
     for entry in files:
         if max_object_size is not None and entry.size > max_object_size:
             raise TransferError(f"refusing to put {entry.relative!r}: {entry.size:,} bytes, more "
@@ -169,12 +171,17 @@ def plan_put(files: list[LocalEntry], key_of: Callable[[str], str], *,
         key = key_of(entry.relative)
         length = len(key.encode("utf-8"))
         if max_key_bytes is not None and length > max_key_bytes:
-            skipped.append(Skipped(entry.relative, f"name not storable as a key: the key would "
-                                                   f"be {length} bytes, more than the store's "
-                                                   f"{max_key_bytes}"))
+            refused.append(Skipped(entry.relative, f"its key would be {length} bytes, more than "
+                                                   f"the {max_key_bytes} bytes a key of the "
+                                                   f"store may hold"))
             continue
         items.append(PutItem(entry, key))
-    return items, skipped
+    if refused:
+        first = refused[0]
+        more = f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""
+        raise Refused(f"refusing to put {first.relative!r}: {first.reason}{more}; nothing was "
+                      f"sent", refused)
+    return items
 
 
 def already_stored(item: PutItem, sha256: str, size: int, state: RunState) -> bool:

@@ -56,11 +56,28 @@ def write_termination_message(summary: dict[str, Any], path: str | None = None) 
 def write_record(path: str, entries: Iterable[Entry], *, command: str, run_id: str,
                  step: str) -> None:
     """The ``--record`` file: what this get or put moved, in manifest fields, atomically (written
-    piece by piece, as a manifest is)."""
+    piece by piece, as a manifest is).
+
+    The record often goes to a folder the step shares: the temporary file beside it gets a
+    random name, created only if nothing is there and never through a link (``O_EXCL``,
+    ``O_NOFOLLOW``), so a link the step planted at a predictable name cannot redirect the
+    write; the rename then replaces whatever is at ``path`` itself, never what it points to.
+    """
+    from catalog_agent.local import temporary_name
     from catalog_agent.manifest import encode, header
 
-    temporary = f"{path}.catalog-agent.part"
-    with open(temporary, "wb") as handle:
-        for piece in encode(header(run_id=run_id, step=step, command=command), entries):
-            handle.write(piece)
-    os.replace(temporary, path)
+    folder, name = os.path.split(path)
+    temporary = os.path.join(folder, temporary_name(name))
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o666)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            for piece in encode(header(run_id=run_id, step=step, command=command), entries):
+                handle.write(piece)
+        os.replace(temporary, path)
+    except BaseException:
+        try:
+            os.unlink(temporary)
+        except FileNotFoundError:
+            pass
+        raise

@@ -33,7 +33,8 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 
-from catalog_agent.errors import AccessError, ConfigError, IntegrityError, TransferError
+from catalog_agent.errors import AccessError, CertificateError, ConfigError, IntegrityError, \
+    TransferError
 
 if TYPE_CHECKING:
     from catalog_agent.config import Config
@@ -260,12 +261,25 @@ def learn(config: Config, catalog: Store, state: RunState, log: Any) -> str:
                     reason=f"the agent reads run logs of types {', '.join(READABLE)}: files "
                            f"without a manifest stay unverified")
         return ""
+    location = settings.location(config.run_id)
     try:
         found = read(settings, config, catalog=catalog)
+    except CertificateError:
+        raise  # the endpoint's certificate, not the run log's permissions
+    except (AccessError, PermissionError) as exc:
+        # The run log often lives under another prefix than the catalog (magnus's example
+        # uses logs/), which a policy scoped to the catalog's prefix does not cover: no log
+        # read, as if there were none, rather than a get that fails.
+        why = exc.message if isinstance(exc, AccessError) else f"{location}: {exc.strerror}"
+        log.warning("run log not read", location=location,
+                    reason=f"{why}; files without a manifest stay unverified (strict_verify "
+                           f"refuses them)",
+                    hint=f"reading it needs s3:GetObject on its keys and s3:ListBucket on its "
+                         f"prefix ({location}), or read access to its folder")
+        return ""
     except OSError as exc:  # a local log folder (file-system stores) that cannot be read
-        kind = AccessError if isinstance(exc, PermissionError) else TransferError
-        raise kind(f"cannot read magnus run log {settings.location(config.run_id)}: "
-                   f"{exc.strerror or exc}") from None
+        raise TransferError(f"cannot read magnus run log {location}: "
+                            f"{exc.strerror or exc}") from None
     if not found.found:
         log.info("no run log", location=found.location,
                  reason="files without a manifest stay unverified")

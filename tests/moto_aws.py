@@ -15,6 +15,10 @@ moto's own server (``moto.server``: same app, same request handler, same IAM eng
 - **The wrong-region redirect**: moto serves a bucket whatever region a request is signed
   for; S3 answers ``301 PermanentRedirect`` with ``x-amz-bucket-region`` (HEAD: no body).
   Here a path-style S3 request signed for another region than its bucket's gets that answer.
+- **The role-chaining cap**: AWS refuses an AssumeRole signed by temporary credentials (an
+  assumed role's, IRSA's, Pod Identity's: access keys ``ASIA...``) that asks for more than
+  3,600 s, with ``400 ValidationError`` "... exceeds the 1 hour session limit for roles assumed
+  by role chaining"; moto grants any duration. Here such a request gets AWS's answer.
 - **Test controls** under ``/_catalog_tests/`` (moto's own ``/moto-api/`` style): the access
   key id of every request in arrival order, and a gate that holds the first request matching
   a pattern until the test releases it, so a test can act (move the clock, withdraw a trust
@@ -26,6 +30,7 @@ Every other request goes to moto unchanged, and moto checks its signature and IA
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import re
@@ -42,6 +47,11 @@ _STS_DENIED = ('<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"
                '<Type>Sender</Type><Code>AccessDenied</Code><Message>Not authorized to perform '
                'sts:AssumeRoleWithWebIdentity</Message></Error><RequestId>{request_id}'
                '</RequestId></ErrorResponse>')
+_CHAINING = ('<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><Error>'
+             '<Type>Sender</Type><Code>ValidationError</Code><Message>The requested '
+             'DurationSeconds exceeds the 1 hour session limit for roles assumed by role '
+             'chaining.</Message></Error><RequestId>{request_id}</RequestId></ErrorResponse>')
+CHAINED_MAX_SECONDS = 3600
 _REDIRECT = ('<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>PermanentRedirect</Code>'
              '<Message>The bucket you are attempting to access must be addressed using the '
              'specified endpoint. Please send all future requests to this endpoint.</Message>'
@@ -154,6 +164,12 @@ class AwsLayer:
         if hold is not None:
             self._held.set()
             self._release.wait(HOLD_TIMEOUT)
+        if service == "sts" and key.startswith("ASIA"):
+            body = _read_body(environ)
+            environ["wsgi.input"] = io.BytesIO(body)  # moto reads it again
+            if _chained_beyond_the_cap(body):
+                return _answer(start_response, "400 Bad Request",
+                               _CHAINING.format(request_id=_request_id()).encode())
         if service == "s3":
             bucket_region = _bucket_region(path.lstrip("/").split("/", 1)[0])
             if bucket_region and bucket_region != region:
@@ -210,6 +226,21 @@ def _redirect(environ: dict[str, Any], start_response: Any, bucket: str,
     start_response("301 Moved Permanently", [
         ("Content-Type", "application/xml"), ("x-amz-bucket-region", region),
         ("Content-Length", str(len(body)))])
+    return [body]
+
+
+def _chained_beyond_the_cap(body: bytes) -> bool:
+    """An AssumeRole (signed by temporary credentials) asking for more than an hour."""
+    from urllib.parse import parse_qs
+
+    form = parse_qs(body.decode("utf-8", "replace"))
+    duration = (form.get("DurationSeconds") or ["0"])[0]
+    return form.get("Action") == ["AssumeRole"] and duration.isdigit() and \
+        int(duration) > CHAINED_MAX_SECONDS
+
+
+def _answer(start_response: Any, status: str, body: bytes) -> list[bytes]:
+    start_response(status, [("Content-Type", "text/xml"), ("Content-Length", str(len(body)))])
     return [body]
 
 

@@ -7,8 +7,10 @@
 
 What it does, in the kubelet's order:
 
-- volumes: ``emptyDir`` as a fresh folder (mode 0777, as the kubelet makes it), ``configMap`` and
-  ``secret`` as read-only folders of files (``items``, ``defaultMode``, ``optional``),
+- volumes: ``emptyDir`` as a fresh folder (mode 0777, as the kubelet makes it; with the pod's
+  ``fsGroup``, group fsGroup and mode 02777, as the kubelet's ownership change leaves it),
+  ``configMap`` and ``secret`` as read-only folders of files (``items``, ``defaultMode``,
+  ``optional``),
   ``hostPath`` as the given path; any other volume type is an error naming it;
 - init containers one at a time, in order; one that fails makes the pod Failed (restartPolicy
   Never semantics: nothing is restarted). A native sidecar (an init container with
@@ -37,6 +39,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 import secrets
 import subprocess
@@ -464,6 +467,10 @@ class PodRunner:
             if "emptyDir" in volume:
                 folder.mkdir(parents=True)
                 folder.chmod(0o777)
+                fs_group = (self.pod.spec.get("securityContext") or {}).get("fsGroup")
+                if fs_group is not None:  # the kubelet: the volume's group, and setgid
+                    os.chown(folder, -1, int(fs_group))
+                    folder.chmod(0o2777)
             elif "configMap" in volume or "secret" in volume:
                 ref = volume.get("configMap") or volume.get("secret") or {}
                 is_cm = "configMap" in volume

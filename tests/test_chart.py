@@ -248,6 +248,23 @@ def test_the_agent_accepts_the_configmap(helm: str, values: Path, offline_agent,
                 assert "dag.steps" in effective[key]["source"]
 
 
+def test_region_is_left_to_the_pods_aws_region_unless_set(helm: str, offline_agent,  # noqa: ANN001
+                                                           tmp_path: Path) -> None:
+    """The chart wrote region: eu-west-1 by default, overriding the AWS_REGION EKS injects."""
+    for sets, region, source in (((), "us-east-2", "variable AWS_REGION"),
+                                 (("catalog.config.region=eu-west-1",), "eu-west-1", "file")):
+        docs = render(helm, CHART, sets=("catalog.config.s3_bucket=my-catalog", *sets))
+        (configmap,) = of_kind(docs, "ConfigMap")
+        path = tmp_path / "config.yaml"
+        path.write_text(configmap["data"]["config.yaml"])
+        assert ("region" in yaml.safe_load(path.read_text())["catalog"]["config"]) == bool(sets)
+        ran = offline_agent("config", "--json", "--config", str(path),
+                            env={"AWS_REGION": "us-east-2"})
+        assert ran.code == 0, ran.output
+        shown = json.loads(ran.stdout)["region"]
+        assert shown["value"] == region and shown["source"].startswith(source), shown
+
+
 def shown_as(value: Any) -> str:
     """A value as `catalog-agent config` prints it."""
     if isinstance(value, bool):
@@ -517,12 +534,23 @@ def argo_errors(validator: jsonschema.protocols.Validator, doc: dict[str, Any]) 
 
 def test_argo_workflowtemplate_example(helm: str, kube_validate: str, example,  # noqa: ANN001
                                        tmp_path: Path) -> None:
-    docs = render(helm, example("argo-workflowtemplate"))
+    chart = example("argo-workflowtemplate")
+    docs = render(helm, chart)
     (template,) = of_kind(docs, "WorkflowTemplate")
     validator = argo_validator()
     assert argo_errors(validator, template) == []
     kube_validate_docs(kube_validate, [d for d in docs if d["kind"] != "WorkflowTemplate"],
                        tmp_path)
+    # The pods run as the agent's ServiceAccount, which has no token mounted and no Role: Argo's
+    # executor (the wait container) reports results with an account of its own, and Argo
+    # refuses automountServiceAccountToken: false without one.
+    (account,) = of_kind(docs, "ServiceAccount")
+    assert account["automountServiceAccountToken"] is False
+    assert template["spec"]["serviceAccountName"] == account["metadata"]["name"]
+    assert template["spec"]["automountServiceAccountToken"] is False
+    assert template["spec"]["executor"] == {"serviceAccountName": "argo-executor"}
+    done = run(helm, "template", "rel", str(chart), "--set", "executorServiceAccount=")
+    assert done.returncode != 0 and "executorServiceAccount" in done.stderr, done.stderr
     templates = {t["name"]: t for t in template["spec"]["templates"]}
     tasks = templates[template["spec"]["entrypoint"]]["dag"]["tasks"]
     assert [t["name"] for t in tasks] == ["prepare", "train"]
@@ -542,6 +570,30 @@ def test_argo_workflowtemplate_example(helm: str, kube_validate: str, example,  
     for container in containers:
         assert {m["name"] for m in container["volumeMounts"]} <= volumes
     check_args_with_the_cli(agent_containers(containers))
+
+
+@pytest.mark.parametrize("name", ["job", "native-sidecar-pod", "argo-workflowtemplate"])
+def test_only_the_agents_containers_must_run_as_non_root(helm: str, example,  # noqa: ANN001
+                                                         name: str) -> None:
+    """runAsNonRoot on the pod bound the step's own containers too, and most step images run
+    as root: such a pod never started (CreateContainerConfigError) and put --wait waited 1,800 s
+    for a heartbeat, then exited 8. The agent's containers keep it in their own context."""
+    docs = render(helm, example(name))
+    (workload,) = [d for d in docs if d["kind"] in {"Job", "Pod", "WorkflowTemplate"}
+                   and "helm.sh/hook" not in (d["metadata"].get("annotations") or {})]
+    if workload["kind"] == "WorkflowTemplate":
+        pod_context = workload["spec"]["securityContext"]
+        (step,) = [t for t in workload["spec"]["templates"] if "containerSet" in t]
+        containers = step["containerSet"]["containers"]
+    else:
+        spec = pod_spec(workload)
+        pod_context = spec["securityContext"]
+        containers = [*spec.get("initContainers", []), *spec["containers"]]
+    assert "runAsNonRoot" not in pod_context and pod_context["fsGroup"] == image_user()
+    main = next(c for c in containers if c["name"] == "main")
+    assert "runAsNonRoot" not in main.get("securityContext", {})
+    agents = agent_containers(containers)
+    assert agents and all(c["securityContext"]["runAsNonRoot"] is True for c in agents)
 
 
 def test_argo_validation_is_strict(helm: str, example) -> None:  # noqa: ANN001
@@ -734,13 +786,14 @@ def seed_run(agent, tmp_path: Path, run_id: str) -> None:  # noqa: ANN001
 
 
 def run_values(tmp_path: Path, image: str, s3_server, bucket: str, run_id: str,  # noqa: ANN001
-               command: list[str] | None = None) -> tuple[Path, dict[str, Any]]:
+               command: list[str] | None = None, main_image: str = ""
+               ) -> tuple[Path, dict[str, Any]]:
     """Values pointing an example at the session's SeaweedFS, keys from a Secret via envFrom."""
     repository, tag = image.rsplit(":", 1)
     values: dict[str, Any] = {
         "runId": run_id,
         "step": "train",
-        "main": {"image": image},
+        "main": {"image": main_image or image},
         "catalog-agent": {
             "image": {"repository": repository, "tag": tag, "pullPolicy": "Never"},
             "catalog": {"config": {"s3_bucket": bucket, "prefix": "pipelines",
@@ -775,9 +828,14 @@ def test_rendered_example_runs_get_main_put(helm: str, example, chart_image: str
                                             pod_runner, agent, s3_server, s3: Any,
                                             bucket: str, tmp_path: Path, example_name: str,
                                             put_name: str) -> None:
+    """The job's main is a step image running as root (the base image), as most are: the
+    pod-level runAsNonRoot the chart gave kept it from starting (CreateContainerConfigError)."""
+    from podman_support import BASE_IMAGE
+
     run_id = f"run-{example_name}"
     seed_run(agent, tmp_path, run_id)
-    values, secret = run_values(tmp_path, chart_image, s3_server, bucket, run_id)
+    values, secret = run_values(tmp_path, chart_image, s3_server, bucket, run_id,
+                                main_image=BASE_IMAGE if example_name == "job" else "")
     docs = workload_objects(render(helm, example(example_name), values))
     result = pod_runner.run_pod(tmp_path / "pod", docs, [secret], timeout=300)
     assert result.phase == "Succeeded", result.describe()

@@ -186,3 +186,34 @@ def test_help_documents_exit_codes(offline_agent) -> None:
         for code in ("0", "2", "3", "4", "5", "6"):
             assert f"\n      {code}  " in ran.stdout or f"\n    {code}  " in ran.stdout, (command, code)
         assert "CATALOG_AGENT_S3_BUCKET" in ran.stdout or command == []
+
+
+def test_region_comes_from_aws_region_then_aws_default_region_before_its_default(
+        offline_agent, tmp_path: Path) -> None:
+    """EKS injects AWS_REGION (and AWS_DEFAULT_REGION) for IRSA and Pod Identity; the agent
+    ignored them, sending STS calls of a us-east-2 cluster to eu-west-1. Precedence: flag >
+    CATALOG_AGENT_REGION > catalog config > AWS_REGION > AWS_DEFAULT_REGION > eu-west-1."""
+    aws = {"AWS_REGION": "us-east-2", "AWS_DEFAULT_REGION": "ap-south-1"}
+    path = write(tmp_path, BASE + "    region: eu-north-1\n")
+    (tmp_path / "base").mkdir()
+    base = write(tmp_path / "base", BASE)
+    cases = [
+        ({}, "", {}, "eu-west-1", "default"),
+        ({"AWS_REGION": ""}, "", {}, "eu-west-1", "default"),  # empty: unset
+        ({"AWS_DEFAULT_REGION": "ap-south-1"}, "", {}, "ap-south-1",
+         "variable AWS_DEFAULT_REGION"),
+        (aws, "", {}, "us-east-2", "variable AWS_REGION"),
+        (aws, path, {}, "eu-north-1", f"file {path}, catalog.config"),
+        ({**aws, "CATALOG_AGENT_REGION": "sa-east-1"}, path, {}, "sa-east-1",
+         "variable CATALOG_AGENT_REGION"),
+        ({**aws, "CATALOG_AGENT_REGION": "sa-east-1"}, path, {"region": "me-south-1"},
+         "me-south-1", "flag --region"),
+    ]
+    for environ, config_path, flags, region, source in cases:
+        config = load(config_path=config_path or base,
+                      environ=environ, flags=flags)
+        assert (config.region, config.sources["region"]) == (region, source), environ
+    ran = offline_agent("config", "--json", "--s3-bucket", "b", env={"AWS_REGION": "us-east-2"})
+    assert ran.code == 0, ran.output
+    assert json.loads(ran.stdout)["region"] == {"value": "us-east-2",
+                                                "source": "variable AWS_REGION"}

@@ -379,6 +379,24 @@ def test_assume_role_on_top_of_irsa(cred_agent: Agent, irsa: dict[str, str],
     assert_clean(ran, cred_agent, moto_server)
 
 
+def test_role_chaining_beyond_an_hour_names_the_cap(cred_agent: Agent, irsa: dict[str, str],
+                                                    moto_server: MotoServer) -> None:  # noqa: F811
+    """role_arn on top of IRSA is role chaining: AWS caps it at 3,600 s whatever the role's
+    MaxSessionDuration (moto_aws.py answers as AWS does). The hint blamed MaxSessionDuration."""
+    name = session_name("r-chained", "s1")
+    target = make_role(moto_server, unique("catalog-writer"),
+                       f"arn:aws:sts::{ACCOUNT}:assumed-role/irsa-role/{name}")
+    ran = cred_agent("config", "--check", "--run-id", "r-chained", "--step", "s1",
+                     "--role-arn", target, "--session-duration-in-seconds", "7200", env=irsa)
+    error = assert_one_error_line(ran, 4, "AssumeRole", "ValidationError", "role chaining")
+    assert "session_duration_in_seconds to 3600 or less" in error["event"], error
+    assert "MaxSessionDuration" in error["event"]  # named as what does not help
+    assert_clean(ran, cred_agent, moto_server)
+    ran = cred_agent("config", "--check", "--run-id", "r-chained", "--step", "s1",
+                     "--role-arn", target, "--session-duration-in-seconds", "3600", env=irsa)
+    assert ran.code == 0, ran.output
+
+
 def test_assume_role_on_top_of_named_variables(cred_agent: Agent,
                                                moto_server: MotoServer) -> None:  # noqa: F811
     user_arn, key, secret = make_user(moto_server, unique("base"), ["sts:AssumeRole"])

@@ -30,7 +30,8 @@ PRODUCT_VARIABLES = {spec.env for spec in KEYS.values()} | OTHER_ENV
 # Options of other tools that the pages show in their commands (helm, pip, podman, rclone, ...):
 # none may be an option of the agent, and each must still appear in the pages.
 FOREIGN_OPTIONS = {
-    "--approve": "eksctl", "--cluster": "aws eks", "--namespace": "aws eks",
+    "--approve": "eksctl", "--cluster": "eksctl", "--cluster-name": "aws eks",
+    "--namespace": "aws eks",
     "--service-account": "aws eks", "--set": "helm", "--strict": "helm lint, kubernetes-validate",
     "--build-arg": "podman", "--layers": "podman", "--variant": "debootstrap",
     "--include": "debootstrap", "--no-deps": "pip", "--only-binary": "pip",
@@ -55,18 +56,26 @@ def shown_default(default: object) -> str:
     return "''" if default == "" else str(default)
 
 
+def default_cell(name: str) -> str:
+    """The table's default column: the default, after the variables read before it."""
+    spec = KEYS[name]
+    default = "~/.aws/credentials" if name == "aws_credentials_file" else \
+        shown_default(spec.default)
+    return "".join(f"`{v}`, " for v in spec.fallback_env) + \
+        ("else " if spec.fallback_env else "") + f"`{default}`"
+
+
 # --- tables equal to the code -----------------------------------------------------------------
 
 def test_configuration_table_lists_every_key_with_its_default_variable_and_flag() -> None:
     rows = {m.group(1): m.groups()[1:] for m in re.finditer(
-        r"^\| `(\w+)` \| `([^`]*)` \| [^|]* \| `(\w+)` \| `([^`]+)` \|",
+        r"^\| `(\w+)` \| (`[^|]*`) \| [^|]* \| `(\w+)` \| `([^`]+)` \|",
         section(CONFIGURATION, "## Keys"), re.M)}
     assert set(rows) == set(KEYS)
     for name, spec in KEYS.items():
-        default = "~/.aws/credentials" if name == "aws_credentials_file" else \
-            shown_default(spec.default)
         flag = spec.flag_name if spec.flag else "arguments"
-        assert rows[name] == (default, spec.env, flag), name
+        assert rows[name] == (default_cell(name), spec.env, flag), name
+    assert default_cell("region") == "`AWS_REGION`, `AWS_DEFAULT_REGION`, else `eu-west-1`"
 
 
 def test_other_variables_table_lists_exactly_the_other_variables() -> None:
@@ -178,6 +187,19 @@ def test_command_lines_in_the_pages_parse_with_the_cli() -> None:
 
 
 # --- the pages as a whole ---------------------------------------------------------------------
+
+def test_pod_identity_commands_use_the_aws_clis_flags() -> None:
+    """`aws eks create-pod-identity-association` takes --cluster-name (the pages said --cluster,
+    which the AWS CLI refuses); the chart's NOTES.txt prints the same command."""
+    notes = (ROOT / "charts" / "catalog-agent" / "templates" / "NOTES.txt").read_text()
+    shown = [m.group(1) for text in [*PAGES.values(), notes]
+             for m in re.finditer(r"create-pod-identity-association([^`]*?ROLE_ARN)", text)]
+    assert len(shown) >= 2
+    for command in shown:
+        flags = set(re.findall(r"(?<![\w-])--[a-z][a-z-]*", command))
+        assert flags == {"--cluster-name", "--namespace", "--service-account", "--role-arn"}, \
+            command
+
 
 def test_every_docs_page_is_linked_from_the_readme() -> None:
     linked = set(re.findall(r"\]\(docs/([\w.-]+\.md)[)#]", README))

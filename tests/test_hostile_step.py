@@ -249,6 +249,66 @@ def test_a_symlink_in_the_root_file_system_on_the_way_is_followed(
     assert ran.code == 0, ran.output[-2000:]
 
 
+def test_a_planted_link_behind_an_image_link_is_refused(agent, s3, bucket: str,  # noqa: ANN001
+                                                       tmp_path: Path, secret: Path) -> None:
+    """The image has /data -> /mnt/shared/data and /mnt/shared is a volume the step shares: the
+    step replaces /mnt/shared/data with a link to a secret folder. The kernel, resolving the
+    image link's whole target, followed the planted link too and put shipped the secret."""
+    volume = tmp_path / "volume"
+    image_link = tmp_path / "data"
+    image_link.symlink_to(volume / "data")
+    ran = in_volume(agent, volume, f'ln -s "{secret.parent}" data', "put", "**", "--run-id",
+                    "r", "--step", "s", "--compute-data-folder", str(image_link))
+    assert ran.code == 6, ran.output[-2000:]
+    (error,) = [e for e in log_events(ran.stderr) if e["level"] == "error"]
+    assert f"refusing data folder {image_link}: {volume}/data is a symlink inside the volume " \
+           f"mounted at {volume}" in error["event"]
+    assert "Contents" not in s3.list_objects_v2(Bucket=bucket)
+    (tmp_path / "data2").symlink_to(tmp_path / "volume2" / "data")
+    ran = in_volume(agent, tmp_path / "volume2", f'ln -s "{secret.parent}" data', "get", "**",
+                    "--allow-missing", "--run-id", "r", "--compute-data-folder",
+                    str(tmp_path / "data2"))
+    assert ran.code == 6, ran.output[-2000:]
+    assert f"{tmp_path}/volume2/data is a symlink inside the volume" in ran.stderr
+    assert sorted(p.name for p in secret.parent.iterdir()) == ["environ"]
+
+
+def test_image_links_to_a_real_folder_in_a_volume_are_walked(agent, s3, bucket: str,  # noqa: ANN001
+                                                             tmp_path: Path) -> None:
+    """Absolute, relative and chained image links, '..' included, each name checked."""
+    volume = tmp_path / "volume"
+    (tmp_path / "links").mkdir()
+    (tmp_path / "links" / "data").symlink_to("../volume/real")  # relative, with '..'
+    (tmp_path / "chained").symlink_to("links/data")  # a link to a link
+    (tmp_path / "absolute").symlink_to(volume / "real" / "sub" / ".." / "sub")
+    setup = "mkdir -p real/sub && echo ok > real/sub/ok.txt"
+    for run, folder, key in (("r1", "chained", "r1/sub/ok.txt"),
+                             ("r2", "absolute", "r2/ok.txt")):
+        ran = in_volume(agent, volume, setup, "put", "**", "--run-id", run, "--step", "s",
+                        "--compute-data-folder", str(tmp_path / folder))
+        assert ran.code == 0, ran.output[-2000:]
+        assert s3.get_object(Bucket=bucket, Key=key)["Body"].read() == b"ok\n"
+        shutil.rmtree(volume)
+
+
+def test_a_loop_of_image_links_is_refused_after_40_hops(tmp_path: Path) -> None:
+    (tmp_path / "a").symlink_to("b")
+    (tmp_path / "b").symlink_to("a")
+    with pytest.raises(IntegrityError, match="more than 40 symlinks on the way to it"):
+        local.open_folder(tmp_path / "a", create=False)
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real" / "x.txt").write_text("x")
+    previous = "real"
+    for hop in range(40):  # 40 links in a chain: as many as the kernel follows
+        (tmp_path / f"l{hop}").symlink_to(previous)
+        previous = f"l{hop}"
+    with local.open_folder(tmp_path / previous, create=False) as opened:
+        assert [e.relative for e in opened.scan()] == ["x.txt"]
+    (tmp_path / "l40").symlink_to(previous)
+    with pytest.raises(IntegrityError, match="more than 40 symlinks"):
+        local.open_folder(tmp_path / "l40", create=False)
+
+
 # --- every name put accepts, get can write ---
 
 NAMES = {
@@ -316,10 +376,13 @@ def test_names_of_255_bytes_round_trip(agent, tmp_path: Path, catalog: str) -> N
 
 
 @pytest.mark.parametrize("catalog", ["s3", "file-system"])
-def test_paths_near_the_limits_round_trip_or_are_skipped_by_name(agent, tmp_path: Path,
-                                                                 catalog: str) -> None:
+def test_paths_near_the_limits_round_trip_or_are_refused_by_name(agent, s3, bucket: str,  # noqa: ANN001
+                                                                 tmp_path: Path, catalog: str
+                                                                 ) -> None:
     """A path of about 1,000 bytes (S3 keys hold 1,024) round-trips through both catalogs; one
-    near PATH_MAX (4,096) round-trips through a folder catalog, and S3 put skips it by name."""
+    near PATH_MAX (4,096) round-trips through a folder catalog, and S3 put refuses it by name
+    before sending anything (skipped with a warning and exit 0, the catalog silently lacked
+    it)."""
     out = tmp_path / "out"
     out.mkdir()
     near_s3 = ["é" * 100] * 4 + ["f.txt"]  # 4 x 201 + 5 = 809 bytes, plus the run's prefix
@@ -334,17 +397,23 @@ def test_paths_near_the_limits_round_trip_or_are_skipped_by_name(agent, tmp_path
                                       "CATALOG_AGENT_CATALOG_LOCATION": str(tmp_path / "cat")}
     ran = agent("put", "**", "--run-id", "n", "--step", "s", "--compute-data-folder",
                 str(out), env=env)
+    if catalog == "s3":
+        assert ran.code == 6, ran.output[-2000:]
+        (error,) = [e for e in log_events(ran.stderr) if e["level"] == "error"]
+        assert error["event"].startswith(f"refusing to put '{'/'.join(near_path_max)}': its key "
+                                         f"would be 4023 bytes, more than the 1024 bytes")
+        assert "nothing was sent" in error["event"]
+        assert "Contents" not in s3.list_objects_v2(Bucket=bucket)
+        shutil.rmtree(out / near_path_max[0])  # put again without it: the rest round-trips
+        ran = agent("put", "**", "--run-id", "n", "--step", "s", "--compute-data-folder",
+                    str(out), env=env)
     assert ran.code == 0, ran.output[-2000:]
-    skipped = [e for e in log_events(ran.stderr) if e["event"] == "skipped"]
+    assert not [e for e in log_events(ran.stderr) if e["event"] == "skipped"]
     ran = agent("get", "**", "--run-id", "n", "--compute-data-folder", str(tmp_path / "in"),
                 env=env)
     assert ran.code == 0, ran.output[-2000:]
     assert read_nested(tmp_path / "in", near_s3) == b"near the key limit"
-    if catalog == "s3":
-        assert len(skipped) == 1 and skipped[0]["path"].endswith("g.txt")
-        assert "more than the store's 1024" in skipped[0]["reason"]
-    else:
-        assert skipped == []
+    if catalog == "file-system":
         assert read_nested(tmp_path / "in", near_path_max) == b"near PATH_MAX"
 
 

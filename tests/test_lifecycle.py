@@ -363,6 +363,37 @@ def test_native_sidecar_failed_put_writes_the_error_document(pod: Pod, s3: Any,
     assert message["mode"] == "on-sigterm" and message["main_exit_code"] == 0
 
 
+def test_a_bug_in_a_sidecar_put_is_recorded_like_any_failed_put(pod: Pod, s3: Any, bucket: str,
+                                                                  tmp_path: Path) -> None:
+    """An internal error (exit 1) left no error document: a native sidecar's exit code fails
+    no Job, so the failed put went unseen. The bug is played by a sitecustomize that breaks
+    commands.put in the agent's process."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import catalog_agent.commands as commands\n"
+        "def broken(*args, **kwargs):\n"
+        "    return {}['a key nobody set']\n"
+        "commands.put = broken\n")
+    sidecar = pod.put("--on-sigterm", "out.txt", env={"PYTHONPATH": str(site)})
+    until_event(sidecar, "waiting for SIGTERM")
+    assert pod.main(0, delay=0.2).wait(timeout=60) == 0
+    sidecar.send_signal(signal.SIGTERM)
+    code, output = finish(sidecar)
+    assert code == 1, output
+    assert "Traceback" not in output
+    (error,) = [e for e in events(output) if e["level"] == "error"]
+    assert error["event"] == "internal error: KeyError: 'a key nobody set'"
+    assert keys(s3, bucket) == [ERRORS]
+    doc = json.loads(s3.get_object(Bucket=bucket, Key=ERRORS)["Body"].read())
+    assert (doc["exit_code"], doc["kind"], doc["mode"]) == (1, "internal", "on-sigterm")
+    assert doc["error"] == error["event"] and doc["main_exit_code"] == 0
+    message = pod.message()
+    assert (message["exit_code"], message["mode"], message["decision"]) == (1, "on-sigterm",
+                                                                           "put")
+    assert message["error"] == error["event"]
+
+
 def test_lifecycle_options_need_a_lifecycle_mode(pod: Pod) -> None:
     code, output = finish(pod.put("--wait-timeout", "5", "**"))
     assert code == 2 and "applies only with --wait" in output

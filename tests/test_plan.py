@@ -28,8 +28,8 @@ def entry(rel: str, kind: str = FILE, size: int = 3) -> LocalEntry:
 
 
 def test_put_marks_files_the_catalog_already_holds() -> None:
-    items, _ = plan.plan_put([entry("a"), entry("b"), entry("c")], Layout("p/run/").key,
-                             max_object_size=None)
+    items = plan.plan_put([entry("a"), entry("b"), entry("c")], Layout("p/run/").key,
+                          max_object_size=None)
     s = state({"a": 3, "b": 3}, recorded={"a": H1, "b": H2})
     assert [(i.key, plan.already_stored(i, H1, 3, s)) for i in items] == [
         ("p/run/a", True), ("p/run/b", False), ("p/run/c", False)]
@@ -37,7 +37,7 @@ def test_put_marks_files_the_catalog_already_holds() -> None:
 
 
 def test_put_uses_object_metadata_when_no_manifest_records_it() -> None:
-    (item,), _ = plan.plan_put([entry("a")], Layout("p/run/").key, max_object_size=None)
+    (item,) = plan.plan_put([entry("a")], Layout("p/run/").key, max_object_size=None)
     assert plan.already_stored(item, H1, 3, state({"a": 3}, meta={"a": H1}))
 
 
@@ -49,16 +49,24 @@ def test_put_refuses_a_file_larger_than_the_store_holds_before_sending_anything(
     with pytest.raises(TransferError, match="'huge'.*nothing was sent"):
         plan.plan_put(files, Layout("p/run/").key, max_object_size=MAX_OBJECT_SIZE)
     assert len(plan.plan_put([entry("at-limit", size=MAX_OBJECT_SIZE)], Layout("p/run/").key,
-                             max_object_size=MAX_OBJECT_SIZE)[0]) == 1
+                             max_object_size=MAX_OBJECT_SIZE)) == 1
 
 
-def test_put_skips_a_file_whose_key_the_store_cannot_hold() -> None:
+def test_put_refuses_a_file_whose_key_the_store_cannot_hold_before_sending_anything() -> None:
+    """Skipped with a warning, such a file left the catalog silently without it (exit 0)."""
     long_name = "d/" + "x" * 1100
-    items, skipped = plan.plan_put([entry("fine"), entry(long_name)], Layout("p/run/").key,
-                                   max_object_size=None, max_key_bytes=1024)
-    assert [i.key for i in items] == ["p/run/fine"]
-    assert skipped[0].relative == long_name and "1108 bytes" in skipped[0].reason
-    assert "more than the store's 1024" in skipped[0].reason
+    with pytest.raises(plan.Refused) as refused:
+        plan.plan_put([entry("fine"), entry(long_name), entry(long_name + "y")],
+                      Layout("p/run/").key, max_object_size=None, max_key_bytes=1024)
+    assert refused.value.exit_code == 6
+    assert str(refused.value) == (f"refusing to put {long_name!r}: its key would be 1108 bytes, "
+                                  f"more than the 1024 bytes a key of the store may hold (and 1 "
+                                  f"more); nothing was sent")
+    assert [r.relative for r in refused.value.refused] == [long_name, long_name + "y"]
+    at_limit = "x" * (1024 - len("p/run/"))
+    assert [i.key for i in plan.plan_put([entry(at_limit)], Layout("p/run/").key,
+                                         max_object_size=None, max_key_bytes=1024)] == [
+        "p/run/" + at_limit]
 
 
 def test_strict_verify_refuses_an_object_with_no_recorded_hash() -> None:

@@ -17,7 +17,8 @@ import pytest
 from catalog_agent.errors import ConfigError
 from catalog_agent.runlog import (RunLogStore, from_documents, parse_settings, path_in_run,
                                   put_entries, step_chunks)
-from conftest import Agent, log_events
+from conftest import Agent, agent_env, log_events
+from moto_support import MotoServer, moto_server  # noqa: F401 - the fixture
 
 H1, H2, H3 = "1" * 64, "2" * 64, "3" * 64
 
@@ -218,3 +219,63 @@ def test_a_bad_section_exits_2(offline_agent: Agent, tmp_path: Path) -> None:
     config = write_config(tmp_path / "c.json", tmp_path / "cat", {"type": "s3", "config": {}})
     ran = offline_agent("get", "**", "--config", str(config), "--run-id", "r1")
     assert ran.code == 2 and "s3_bucket is required for a run log store" in ran.stderr
+
+
+# --- an S3 run log the agent's policy does not cover (moto: IAM policies enforced) ------------
+
+def test_a_run_log_the_policy_does_not_cover_leaves_files_unverified(
+        moto_server: MotoServer, tmp_path: Path) -> None:  # noqa: F811
+    """docs/magnus.md keeps the run log under prefix logs; a role scoped to the catalog's prefix
+    got AccessDenied reading it and the get failed with exit 4, where the docs promise that
+    without a run log the files stay unverified."""
+    import secrets
+
+    admin = moto_server.client("s3")
+    bucket = "runlog-" + secrets.token_hex(4)
+    admin.create_bucket(Bucket=bucket)
+    data = b"made by magnus\n"
+    admin.put_object(Bucket=bucket, Key="pipes/r1/data/a.txt", Body=data)
+    admin.put_object(Bucket=bucket, Key="logs/r1.json", Body=json.dumps({
+        "run_id": "r1", "status": "SUCCESS", "steps": {"make": step("make", catalog_entry(
+            "pipes/r1/data/a.txt", hashlib.sha256(data).hexdigest()))}}).encode())
+    iam = moto_server.client("iam")
+    user = "catalog-only-" + secrets.token_hex(4)
+    iam.create_user(UserName=user)
+    iam.put_user_policy(UserName=user, PolicyName="catalog", PolicyDocument=json.dumps({
+        "Version": "2012-10-17", "Statement": [
+            {"Effect": "Allow", "Action": ["s3:GetObject", "s3:PutObject"],
+             "Resource": f"arn:aws:s3:::{bucket}/pipes/*"},
+            {"Effect": "Allow", "Action": "s3:ListBucket", "Resource": f"arn:aws:s3:::{bucket}"}]}))
+    key = iam.create_access_key(UserName=user)["AccessKey"]
+    config = tmp_path / "config.yaml"
+    config.write_text(json.dumps({
+        "catalog": {"type": "s3", "config": {
+            "s3_bucket": bucket, "prefix": "pipes", "region": "us-east-1",
+            "endpoint_url": moto_server.endpoint, "addressing_style": "path",
+            "compute_data_folder": "data", "layout": "magnus"}},
+        "run_log_store": {"type": "s3", "config": {"s3_bucket": bucket, "prefix": "logs"}}}))
+    pod = tmp_path / "pod"
+    pod.mkdir()
+
+    def get(access_key: str, secret: str, *flags: str) -> Any:
+        env = agent_env(tmp_path, {"AWS_ACCESS_KEY_ID": access_key,
+                                   "AWS_SECRET_ACCESS_KEY": secret})
+        return Agent(env, pod)("get", "**", "--config", str(config), "--run-id", "r1", *flags)
+
+    ran = get(key["AccessKeyId"], key["SecretAccessKey"])
+    assert ran.code == 0, ran.output
+    (warning,) = [e for e in log_events(ran.stderr) if e["event"] == "run log not read"]
+    assert warning["location"] == f"s3://{bucket}/logs/r1.json"
+    assert "AccessDenied" in warning["reason"] and "stay unverified" in warning["reason"]
+    assert "s3:GetObject" in warning["hint"] and "s3:ListBucket" in warning["hint"]
+    done = next(e for e in log_events(ran.stderr) if e["event"] == "get.done")
+    assert (done["files"], done["unverified"], done["verified_by_run_log"]) == (1, 1, 0)
+    assert (pod / "data" / "a.txt").read_bytes() == data
+    (pod / "data" / "a.txt").unlink()
+    ran = get(key["AccessKeyId"], key["SecretAccessKey"], "--strict-verify")
+    assert ran.code == 6 and "strict_verify" in ran.stderr, ran.output
+    # The same get by an identity the policy lets read the log: verified from it.
+    ran = get(moto_server.admin_key, moto_server.admin_secret)
+    assert ran.code == 0, ran.output
+    done = next(e for e in log_events(ran.stderr) if e["event"] == "get.done")
+    assert (done["unverified"], done["verified_by_run_log"]) == (0, 1)
