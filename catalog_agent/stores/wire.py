@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import base64
 import datetime
+import functools
 import hashlib
 import ipaddress
+import os
 import re
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 from urllib.parse import quote, unquote_plus, urlsplit
 
-from catalog_agent.errors import TransferError
+from catalog_agent.errors import ConfigError, TransferError
 from catalog_agent.stores import sigv4
 
 ERROR_BODY_LIMIT = 64 * 1024
@@ -43,22 +45,40 @@ class Endpoint:
     scheme: str
     hostname: str
     port: int
+    service: str = ""  # host[:port] of the endpoint before any bucket: what NO_PROXY is matched to
 
 
-def endpoint(url: str, *, region: str, bucket: str, addressing_style: str) -> Endpoint:
+class ConnectTimeout(TimeoutError):
+    """No connection within the connect timeout (botocore's ConnectTimeoutError, not a read
+    timeout: nothing was sent)."""
+
+
+def endpoint(url: str, *, region: str, bucket: str, addressing_style: str,
+             environ: Mapping[str, str] | None = None) -> Endpoint:
     """The bucket's endpoint: ``url`` (an S3-compatible store, a VPC endpoint), else the
-    region's AWS S3 endpoint; virtual-hosted style where botocore would use it."""
+    region's AWS S3 endpoint (FIPS and dual-stack as ``AWS_USE_FIPS_ENDPOINT`` and
+    ``AWS_USE_DUALSTACK_ENDPOINT`` ask, as botocore names them); virtual-hosted style where
+    botocore would use it."""
+    env = os.environ if environ is None else environ
+    fips = env.get("AWS_USE_FIPS_ENDPOINT", "").lower() == "true"
+    dualstack = env.get("AWS_USE_DUALSTACK_ENDPOINT", "").lower() == "true"
     if not url:
-        url = (f"https://s3.{region}.amazonaws.com.cn" if region.startswith("cn-")
-               else f"https://s3.{region}.amazonaws.com")
+        url = _aws_endpoint(region, fips=fips, dualstack=dualstack)
         virtual = addressing_style != "path" and _dns_compatible(bucket)
     else:
+        # botocore's S3 endpoint rules refuse both with a custom endpoint: say so at once.
+        for variable, on in (("AWS_USE_FIPS_ENDPOINT", fips),
+                             ("AWS_USE_DUALSTACK_ENDPOINT", dualstack)):
+            if on:
+                raise ConfigError(f"{variable} is true and an endpoint URL is set: botocore "
+                                  f"cannot combine them (a custom endpoint is used as given)",
+                                  hint=f"unset {variable}, or the endpoint URL")
         # Custom endpoints: path style unless virtual is asked for, as botocore resolves "auto"
         # for them; an IP address cannot carry the bucket as a subdomain (botocore: path).
         virtual = addressing_style == "virtual" and not _is_ip(urlsplit(url).hostname)
     parts = urlsplit(url.rstrip("/"))
     scheme, base = parts.scheme or "https", parts.path
-    host = sigv4.host_header(f"{scheme}://{parts.netloc}")  # no user:password@
+    service = host = sigv4.host_header(f"{scheme}://{parts.netloc}")  # no user:password@
     if virtual:
         host = f"{bucket}.{host}"
         prefix = base
@@ -67,7 +87,42 @@ def endpoint(url: str, *, region: str, bucket: str, addressing_style: str) -> En
     origin = f"{scheme}://{host}"
     located = urlsplit(origin)
     return Endpoint(origin, host, prefix, scheme, located.hostname or "",
-                    located.port or (443 if scheme == "https" else 80))
+                    located.port or (443 if scheme == "https" else 80), service)
+
+
+def _aws_endpoint(region: str, *, fips: bool, dualstack: bool) -> str:
+    """The regional S3 endpoint in the region's partition, named as botocore's S3 endpoint
+    rules name it: ``s3``, ``s3-fips``, ``s3.dualstack``, ``s3-fips.dualstack``."""
+    suffix, partition = _partition(region)
+    if fips and partition == "aws-cn":
+        raise ConfigError(f"AWS_USE_FIPS_ENDPOINT is true but region {region} is in the "
+                          f"aws-cn partition, which has no FIPS S3 endpoint (botocore refuses "
+                          f"it too)", hint="unset AWS_USE_FIPS_ENDPOINT")
+    label = ("s3-fips" if fips else "s3") + (".dualstack" if dualstack else "")
+    return f"https://{label}.{region}.{suffix}"
+
+
+def _partition(region: str) -> tuple[str, str]:
+    """(DNS suffix, partition name) of ``region``, from the partitions botocore ships (the same
+    file its endpoint rules read); ``amazonaws.com`` for a region it does not know."""
+    import importlib.util
+    import json
+
+    spec = importlib.util.find_spec("botocore")
+    if spec is None or not spec.submodule_search_locations:
+        return "amazonaws.com", "aws"
+    path = os.path.join(list(spec.submodule_search_locations)[0], "data", "partitions.json")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            partitions = json.load(handle)["partitions"]
+    except (OSError, ValueError, KeyError):
+        return "amazonaws.com", "aws"
+    for match in (lambda p: region in p.get("regions", {}),
+                  lambda p: re.match(p.get("regionRegex", "$^"), region)):
+        for partition in partitions:
+            if match(partition):
+                return partition["outputs"]["dnsSuffix"], partition["id"]
+    return "amazonaws.com", "aws"
 
 
 @dataclass(frozen=True)
@@ -141,19 +196,32 @@ def with_note(failure: Exception, note: str) -> Exception:
 
 
 def connection_error(exc: BaseException, url: str) -> Exception:
-    """botocore's own connection errors, so that translate() says "failed after retries"."""
+    """botocore's own connection errors, so that translate() says "failed after retries";
+    their message also says why (botocore's own leave the cause out)."""
     import errno
     import socket
 
     from botocore import exceptions as bx
 
     text = f"{type(exc).__name__}: {exc}"
-    if isinstance(exc, TimeoutError):
-        return bx.ReadTimeoutError(endpoint_url=url, error=text)
-    unreachable = (errno.ECONNREFUSED, errno.ENETUNREACH, errno.EHOSTUNREACH)
-    if isinstance(exc, socket.gaierror) or getattr(exc, "errno", None) in unreachable:
-        return bx.EndpointConnectionError(endpoint_url=url, error=text)
-    return bx.ConnectionClosedError(endpoint_url=url, error=text)
+    if isinstance(exc, ConnectTimeout):
+        kind: type[Exception] = bx.ConnectTimeoutError
+    elif isinstance(exc, TimeoutError):
+        kind = bx.ReadTimeoutError
+    elif isinstance(exc, socket.gaierror) or getattr(exc, "errno", None) in (
+            errno.ECONNREFUSED, errno.ENETUNREACH, errno.EHOSTUNREACH):
+        kind = bx.EndpointConnectionError
+    else:
+        kind = bx.ConnectionClosedError
+    return _with_reason(kind)(endpoint_url=url, error=text)
+
+
+@functools.cache
+def _with_reason(kind: type[Exception]) -> type[Exception]:
+    """``kind`` (a botocore error) whose message ends with its ``error`` (the cause)."""
+    fmt = getattr(kind, "fmt", "").rstrip(".")
+    return type(kind.__name__, (kind,), {"fmt": f"{fmt}: {{error}}",
+                                         "__module__": kind.__module__})
 
 
 def status_of(exc: BaseException) -> int | None:
