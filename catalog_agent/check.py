@@ -86,8 +86,16 @@ def run_check(config: Config) -> tuple[list[Step], dict[str, Any]]:
     listed = attempt("list", where + prefix,
                      lambda: client.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1),
                      f"list {where}{prefix}")
+    # The probe is written as put writes: a bucket policy requiring encryption, or a KMS key
+    # the role may not use, must fail here as it would fail put.
+    encryption: dict[str, str] = {}
+    if config.server_side_encryption:
+        encryption["ServerSideEncryption"] = config.server_side_encryption
+    if config.sse_kms_key_id:
+        encryption["SSEKMSKeyId"] = config.sse_kms_key_id
     written = attempt("write", where + probe,
-                      lambda: client.put_object(Bucket=bucket, Key=probe, Body=body),
+                      lambda: client.put_object(Bucket=bucket, Key=probe, Body=body,
+                                                **encryption),
                       f"write {where}{probe}")
     if written:
         def read() -> None:

@@ -856,3 +856,28 @@ def test_check_json_output(cred_agent: Agent, irsa: dict[str, str],
         "credentials": "ok", "identity": "ok", "list": "ok", "write": "ok", "read": "ok",
         "delete": "ok"}
     assert_clean(ran, cred_agent, moto_server)
+
+
+
+def test_check_writes_its_probe_as_put_would_encrypt(cred_agent: Agent, irsa: dict[str, str],
+                                                     moto_server: MotoServer) -> None:  # noqa: F811
+    """The probe carries the encryption put asks for, so a policy or key that refuses it fails
+    the check. A bucket policy denying deletes keeps the probe, to be looked at."""
+    s3 = moto_server.client("s3")
+    bucket = unique("sse-only")
+    s3.create_bucket(Bucket=bucket)
+    s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps({
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Deny", "Principal": "*", "Action": "s3:DeleteObject",
+                       "Resource": f"arn:aws:s3:::{bucket}/*"}]}))
+    ran = cred_agent("config", "--check", "--run-id", "r1", "--s3-bucket", bucket,
+                     "--server-side-encryption", "aws:kms", "--sse-kms-key-id", "alias/catalog",
+                     env=irsa)
+    assert ran.code == 0, ran.output
+    assert "write        ok" in ran.stdout and "delete       FAILED" in ran.stdout, ran.stdout
+    probes = s3.list_objects_v2(Bucket=bucket, Prefix="pipelines/r1/.catalog-agent/check/")
+    [probe] = [o["Key"] for o in probes["Contents"]]
+    head = s3.head_object(Bucket=bucket, Key=probe)
+    assert head.get("ServerSideEncryption") == "aws:kms"
+    assert "alias/catalog" in head.get("SSEKMSKeyId", "")
+    assert_clean(ran, cred_agent, moto_server)
