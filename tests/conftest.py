@@ -103,6 +103,16 @@ def agent_env(tmp_path: Path, *settings: dict[str, str]) -> dict[str, str]:
     return env
 
 
+def answer_json(handler: Any, document: Any) -> None:
+    """Answer a request of a test's ``BaseHTTPRequestHandler`` with 200 and a JSON body."""
+    body = json.dumps(document).encode()
+    handler.send_response(200)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
 def log_events(text: str) -> list[dict[str, Any]]:
     """The JSON log events in an agent's output; other lines are skipped."""
     found = []

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import IO, Any, Iterator
 
 import pytest
-from conftest import IN_CI, Agent, Ran, agent_env, log_events
+from conftest import IN_CI, Agent, Ran, agent_env, answer_json, log_events
 from fakeclock import FakeClock, library
 from moto_support import ACCOUNT, ADMIN_ARN, MotoServer, moto_server, start_moto  # noqa: F401
 
@@ -312,12 +312,7 @@ class _PodIdentityAgent(BaseHTTPRequestHandler):
             self.end_headers()
             return
         cls.calls += 1
-        body = json.dumps(cls.credentials).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        answer_json(self, cls.credentials)
 
     def log_message(self, *_: Any) -> None:
         pass

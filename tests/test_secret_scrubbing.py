@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
+from conftest import answer_json
 from moto_support import ACCOUNT, MotoServer, moto_server  # noqa: F401 - the fixture
 
 from catalog_agent import logs
@@ -225,12 +226,7 @@ class _ContainerCredentials(BaseHTTPRequestHandler):
                    "Token": secrets.token_urlsafe(200),
                    "Expiration": "2099-01-01T00:00:00Z"}
         type(self).sessions.append(session)
-        body = json.dumps(session).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        answer_json(self, session)
 
     def log_message(self, *_: Any) -> None:
         pass
