@@ -16,6 +16,7 @@ sends it; it is never logged: :attr:`Proxy.display` has no userinfo.
 from __future__ import annotations
 
 import base64
+import os
 import socket
 from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit
@@ -42,6 +43,9 @@ class Proxy:
 def for_endpoint(scheme: str, netloc: str) -> Proxy | None:
     """The proxy for requests to ``scheme://netloc`` (the endpoint as botocore is given it),
     or None to connect directly."""
+    wanted = f"{scheme}_proxy"
+    if not any(name.lower() == wanted for name in os.environ):
+        return None  # the usual case, without the cost of importing urllib.request at start-up
     from urllib.request import getproxies, proxy_bypass
 
     try:
