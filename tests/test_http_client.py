@@ -20,6 +20,7 @@ import time
 from email.utils import formatdate
 from pathlib import Path
 from typing import Awaitable, Callable, Iterator, TypeVar
+from urllib.parse import urlsplit
 
 import pytest
 from botocore import exceptions as bx
@@ -187,12 +188,45 @@ def test_an_answer_framed_loosely_is_refused(case: str) -> None:
 
 
 def test_a_control_answer_is_capped() -> None:
-    """A listing page or an upload's answer over 16 MiB is refused, not held in memory."""
+    """A listing page over 16 MiB is refused, not held in memory."""
     big = answer(200, b"x" * (s3_client.CONTROL_LIMIT + 1))
     with RawServer(lambda exchange: exchange.send(big)) as server:
-        with pytest.raises(TransferError, match="larger than 16 MiB"):
+        with pytest.raises(TransferError, match="larger than 16,777,216 bytes"):
             run(listing_request, client_for(server.endpoint, attempts=3))
     assert len(server.requests) == 1
+
+
+def test_an_upload_answer_is_capped_far_lower() -> None:
+    """PUT answers come `concurrency` at a time: each may hold 64 KiB, not 16 MiB (64 uploads
+    answered with 16 MiB each would be 2 GiB)."""
+    big = answer(200, b"x" * (64 * 1024 + 1), 'ETag: "e"')
+    with RawServer(lambda exchange: exchange.send(big)) as server:
+        with pytest.raises(TransferError, match="PutObject .* larger than 65,536 bytes"):
+            run(lambda client: client.put("k", Payload.of(b"data"), {}),
+                client_for(server.endpoint, attempts=3))
+    assert len(server.requests) == 1
+
+
+@pytest.mark.parametrize("framing", ["chunked", "to the close"])
+def test_a_ranged_answer_longer_than_its_content_range_is_cut(framing: str) -> None:
+    """A 206 whose Content-Range is right but whose body (chunked, or read to the close)
+    runs on: the bytes past the range never reach the sink, which would write them over the
+    next part's place in the file."""
+    def respond(exchange: Exchange) -> None:
+        head = ["HTTP/1.1 206 Partial Content", "Content-Range: bytes 0-9/100"]
+        if framing == "chunked":
+            exchange.send(("\r\n".join([*head, "Transfer-Encoding: chunked"]) + "\r\n\r\n")
+                          .encode() + b"f\r\n" + b"A" * 15 + b"\r\n0\r\n\r\n")
+        else:
+            exchange.send(("\r\n".join(head) + "\r\n\r\n").encode() + b"A" * 15)
+            exchange.close()
+
+    got = bytearray()
+    with RawServer(respond) as server:
+        with pytest.raises(BodyCut, match="more than the 10 bytes of its Content-Range"):
+            run(lambda client: client.get("k", got.extend, {"Range": "bytes=0-9"}),
+                client_for(server.endpoint, attempts=3))
+    assert len(got) <= 10  # never a byte past the range
 
 
 @pytest.mark.parametrize("status_line, headers, closes", [
@@ -535,12 +569,39 @@ def test_fips_and_dual_stack_endpoints_are_botocores(fips: bool, dualstack: bool
         return
     where = wire.endpoint("", region=region, bucket="my-bucket", addressing_style=style,
                           environ=env)
-    ours = where.origin + where.prefix + "/k"
-    if region == "us-east-1" and not fips and not dualstack:
-        # botocore's legacy global name for us-east-1; the regional name serves the same
-        assert url.replace("s3.amazonaws.com", "s3.us-east-1.amazonaws.com") == ours
-    else:
-        assert ours == url
+    assert where.origin + where.prefix + "/k" == url
+
+
+@pytest.mark.parametrize("setting", [None, "legacy", "regional"])
+def test_us_east_1_is_named_as_botocore_names_it(setting: str | None,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The global name unless AWS_S3_US_EAST_1_REGIONAL_ENDPOINT says regional: NO_PROXY is
+    matched against the same host as botocore's (config --check, copies) matches it."""
+    import boto3
+
+    env = {} if setting is None else {"AWS_S3_US_EAST_1_REGIONAL_ENDPOINT": setting}
+    monkeypatch.delenv("AWS_S3_US_EAST_1_REGIONAL_ENDPOINT", raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    client = boto3.client("s3", region_name="us-east-1", aws_access_key_id="a",
+                          aws_secret_access_key="b")
+    url = client.generate_presigned_url("get_object", Params={"Bucket": "my-bucket",
+                                                             "Key": "k"}).split("?")[0]
+    where = wire.endpoint("", region="us-east-1", bucket="my-bucket", addressing_style="auto",
+                          environ=env)
+    assert where.origin + where.prefix + "/k" == url
+    monkeypatch.setenv("NO_PROXY", urlsplit(url).hostname.split(".", 1)[1])
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+    from botocore.utils import get_environ_proxies
+
+    assert get_environ_proxies(url) == {}
+    assert proxies.for_endpoint("https", where.service) is None
+
+
+def test_a_us_east_1_setting_botocore_refuses_is_refused() -> None:
+    with pytest.raises(ConfigError, match="AWS_S3_US_EAST_1_REGIONAL_ENDPOINT"):
+        wire.endpoint("", region="us-east-1", bucket="b", addressing_style="auto",
+                      environ={"AWS_S3_US_EAST_1_REGIONAL_ENDPOINT": "REGIONAL"})
 
 
 @pytest.mark.parametrize("variable", ["AWS_USE_FIPS_ENDPOINT", "AWS_USE_DUALSTACK_ENDPOINT"])
@@ -617,6 +678,27 @@ def test_an_https_endpoint_through_a_connect_tunnel(proxy_tls: bool,
         assert run(round_trip, seaweed_client(tls_s3_server, tls_bucket, https=https,
                                               verify=str(pki.ca))) == EXPECTED
         assert len(proxy.seen) == 1
+
+
+def test_an_https_proxy_with_an_untrusted_certificate_is_named(
+        pki: TestPki, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """The refused certificate is the proxy's: the error says so (exit 4), not S3's."""
+    import ssl
+
+    from catalog_agent.errors import CertificateError
+
+    leaf = pki.leaf("proxy")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(leaf.cert, leaf.key)
+    with LoopbackProxy(tls=context) as proxy:
+        monkeypatch.setenv("HTTPS_PROXY", proxy.url)
+        with pytest.raises(CertificateError) as refused:  # the system CAs: not the test CA
+            run(lambda client: client.read("k", 100),
+                client_for("https://127.0.0.1:9", attempts=3))
+    assert refused.value.exit_code == 4
+    assert f"TLS certificate of the proxy https://127.0.0.1:{proxy.port} not trusted" in \
+        str(refused.value), str(refused.value)
+    assert proxy.seen == []
 
 
 @pytest.mark.parametrize("scheme", ["http", "https"])

@@ -158,3 +158,11 @@ def range_problem(asked: tuple[int, int | None], head: Head) -> str | None:
         return (f"the server's Content-Length {length} does not match its Content-Range "
                 f"{found.group(0)}")
     return None
+
+
+def range_length(head: Head) -> int:
+    """How many bytes the ``Content-Range`` of a 206 that :func:`range_problem` accepted
+    announces: the most its body may hold."""
+    found = _CONTENT_RANGE.fullmatch(head.headers.get("content-range", ""))
+    assert found is not None, "range_problem accepted the answer first"
+    return int(found.group(2)) - int(found.group(1)) + 1

@@ -43,6 +43,7 @@ MIN_PART_SIZE = 5 * 1024 ** 2
 MAX_PART_SIZE = 5 * 1024 ** 3
 MAX_PARTS = 10_000
 MAX_OBJECT_SIZE = 5 * 1024 ** 4
+ABORT_LOOK_PAGES = 3  # after an abort, pages of unfinished uploads read to see it is gone
 MAX_KEY_BYTES = 1024
 DEFAULT_THRESHOLD = 16 * 1024 ** 2
 DEFAULT_PART_SIZE = 8 * 1024 ** 2
@@ -453,8 +454,12 @@ class S3Store:
             try:
                 await self.s3.abort(key, upload_id)
                 left = False
+                pages = 0
                 async for page in self.s3.upload_pages(key, cleanup=True):
                     left = left or any(k == key and u == upload_id for k, u in page)
+                    pages += 1
+                    if left or pages == ABORT_LOOK_PAGES:  # SIGTERM does not stop this listing:
+                        break  # a server paging for ever must not hold the pod
                 if not left:
                     return
             except Exception:  # noqa: BLE001 - the transfer's own failure is the one to report

@@ -56,6 +56,9 @@ EARLY_ANSWER_WAIT = 2.0  # after a failed send: how long to look for the server'
 BLOCK = 256 * 1024
 HEAD_LIMIT = 64 * 1024
 CONTROL_LIMIT = 16 * 1024 * 1024  # a listing page or an upload's answer: far below this
+# The answers that may be long (a page of 1,000 keys); they come one at a time. Every other
+# answer without a sink is a short document, and up to `concurrency` of them are read at once.
+LONG_ANSWERS = frozenset({"ListObjectsV2", "ListMultipartUploads", "CompleteMultipartUpload"})
 MAX_INTERIM = 32  # 1xx answers before the final one
 MAX_SKEW = 24 * 3600.0  # a server Date further off is not trusted to re-time signatures
 USER_AGENT = f"catalog-agent/{__version__}"
@@ -310,6 +313,7 @@ class S3Client:
         allowance = (COMPLETE_DEADLINE_BASE if operation == "CompleteMultipartUpload"
                      else DEADLINE_BASE) + (payload.length if payload else 0) / DEADLINE_RATE
         streaming = sink is not None or async_sink is not None
+        control = CONTROL_LIMIT if operation in LONG_ANSWERS else wire.ERROR_BODY_LIMIT
         policy = self.policy
         cost: int | None = None
         attempt = 0
@@ -327,7 +331,8 @@ class S3Client:
             retry_after = None
             try:
                 reply = await self._exchange(method, head, payload, sink, async_sink, on_head,
-                                             limit, cleanup, ranged, allowance)
+                                             limit if limit is not None else control, cleanup,
+                                             ranged, allowance)
             except _Local as local:
                 raise local.error from None
             except (BodyCut, AgentError):
@@ -348,11 +353,11 @@ class S3Client:
                     if limit is not None and len(reply.data) > limit:
                         raise IntegrityError(f"{self.origin}{path} is larger than {limit} "
                                              f"bytes")
-                    if limit is None and not streaming and len(reply.data) > CONTROL_LIMIT:
+                    if limit is None and not streaming and len(reply.data) > control:
                         raise TransferError(
                             f"{operation} of {self.origin}{path} failed: the server's answer "
-                            f"is larger than {CONTROL_LIMIT // 2**20} MiB, far more than any "
-                            f"answer of this kind")
+                            f"is larger than {control:,} bytes, far more than any answer of "
+                            f"this kind")
                     policy.after_response(throttled=False)
                     policy.succeeded(cost)
                     return reply
@@ -455,10 +460,11 @@ class S3Client:
 
     async def _exchange(self, method: str, head: bytes, payload: Payload | None,
                         sink: Sink | None, async_sink: Callable[[bytes], object] | None,
-                        on_head: Callable[[Reply], None] | None, limit: int | None,
+                        on_head: Callable[[Reply], None] | None, limit: int,
                         cleanup: bool, ranged: tuple[int, int | None] | None,
                         allowance: float) -> Reply:
-        """Send one request on a pooled connection and read its response."""
+        """Send one request on a pooled connection and read its response (at most ``limit``
+        + 1 bytes of a body without a sink: the caller refuses more)."""
         connection = await self._connection()
         connection.begin(allowance)
         reusable = False
@@ -476,19 +482,22 @@ class S3Client:
             connection.touch()
             frame = http1.framing(answer, method)
             reply = Reply(answer.status, answer.headers)
+            most_streamed: int | None = None
             if answer.success and ranged is not None:
                 problem = http1.range_problem(ranged, answer)
                 if problem is not None:  # its body is never read: the connection goes
                     raise BodyCut(problem)
+                # No more than the range, however the body is framed (chunked, to the close):
+                # a byte past it would land on the next part's place in the file.
+                most_streamed = http1.range_length(answer)
             if frame.kind == "none":
                 pass
             elif answer.success and (sink is not None or async_sink is not None):
                 if on_head is not None:
                     on_head(reply)
-                await self._stream(connection, frame, sink, async_sink)
+                await self._stream(connection, frame, sink, async_sink, most_streamed)
             else:
-                most = wire.ERROR_BODY_LIMIT if not answer.success else \
-                    (limit + 1 if limit is not None else CONTROL_LIMIT + 1)
+                most = wire.ERROR_BODY_LIMIT if not answer.success else limit + 1
                 reply.data = await self._read_all(connection, frame, most)
             reusable = frame.reusable and not connection.unread and \
                 not _holds_bytes(connection.reader)
@@ -574,7 +583,8 @@ class S3Client:
             connection.touch()
 
     async def _stream(self, connection: _Connection, frame: http1.Framing,
-                      sink: Sink | None, async_sink: Callable[[bytes], object] | None) -> None:
+                      sink: Sink | None, async_sink: Callable[[bytes], object] | None,
+                      most: int | None = None) -> None:
         """Hand the body on: a broken body is a BodyCut, a failing sink its own error.
 
         Whatever breaks the body (a reset, a timeout, a malformed chunk, a chunk-size line
@@ -583,6 +593,7 @@ class S3Client:
         it the same bytes again. The caller picks the body up where it broke.
         """
         body = self._body(connection, frame)
+        handed = 0
         while True:
             try:
                 block = await body.__anext__()
@@ -598,6 +609,11 @@ class S3Client:
             if self.policy.stop.is_set():
                 connection.unread = True
                 raise Interrupted("stopped before the transfer finished")
+            handed += len(block)
+            if most is not None and handed > most:
+                connection.unread = True
+                raise BodyCut(f"the server sent more than the {most:,} bytes of its "
+                              f"Content-Range")
             try:
                 if sink is not None:
                     sink(block)
@@ -684,10 +700,18 @@ class S3Client:
                 where.hostname, where.port, ssl=self._ssl, limit=HEAD_LIMIT,
                 server_hostname=where.hostname if self._ssl else None,
                 happy_eyeballs_delay=HAPPY_EYEBALLS_DELAY)
-        reader, writer = await asyncio.open_connection(
-            proxy.hostname, proxy.port, ssl=self._proxy_ssl, limit=HEAD_LIMIT,
-            server_hostname=proxy.hostname if self._proxy_ssl else None,
-            happy_eyeballs_delay=HAPPY_EYEBALLS_DELAY)
+        try:
+            reader, writer = await asyncio.open_connection(
+                proxy.hostname, proxy.port, ssl=self._proxy_ssl, limit=HEAD_LIMIT,
+                server_hostname=proxy.hostname if self._proxy_ssl else None,
+                happy_eyeballs_delay=HAPPY_EYEBALLS_DELAY)
+        except ssl.SSLError as exc:  # the proxy's own certificate: name the proxy, not S3
+            refused = tls.certificate_error(exc, proxy.display)
+            if refused is None:
+                raise
+            raise type(refused)(refused.message.replace("TLS certificate of ",
+                                                        "TLS certificate of the proxy ", 1),
+                                hint=refused.hint) from None
         if self._ssl is None:
             return reader, writer  # http: each request goes to the proxy in absolute form
         try:

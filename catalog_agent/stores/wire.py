@@ -63,7 +63,8 @@ def endpoint(url: str, *, region: str, bucket: str, addressing_style: str,
     fips = env.get("AWS_USE_FIPS_ENDPOINT", "").lower() == "true"
     dualstack = env.get("AWS_USE_DUALSTACK_ENDPOINT", "").lower() == "true"
     if not url:
-        url = _aws_endpoint(region, fips=fips, dualstack=dualstack)
+        url = _aws_endpoint(region, fips=fips, dualstack=dualstack,
+                            us_east_1=env.get("AWS_S3_US_EAST_1_REGIONAL_ENDPOINT"))
         virtual = addressing_style != "path" and _dns_compatible(bucket)
     else:
         # botocore's S3 endpoint rules refuse both with a custom endpoint: say so at once.
@@ -90,9 +91,18 @@ def endpoint(url: str, *, region: str, bucket: str, addressing_style: str,
                     located.port or (443 if scheme == "https" else 80), service)
 
 
-def _aws_endpoint(region: str, *, fips: bool, dualstack: bool) -> str:
+def _aws_endpoint(region: str, *, fips: bool, dualstack: bool,
+                  us_east_1: str | None = None) -> str:
     """The regional S3 endpoint in the region's partition, named as botocore's S3 endpoint
-    rules name it: ``s3``, ``s3-fips``, ``s3.dualstack``, ``s3-fips.dualstack``."""
+    rules name it: ``s3``, ``s3-fips``, ``s3.dualstack``, ``s3-fips.dualstack``; in us-east-1
+    the global ``s3.amazonaws.com`` unless ``AWS_S3_US_EAST_1_REGIONAL_ENDPOINT`` is
+    ``regional``, as botocore (the same name, so that ``NO_PROXY`` matches as it does there)."""
+    if us_east_1 is not None and us_east_1 not in ("legacy", "regional"):
+        raise ConfigError(f"AWS_S3_US_EAST_1_REGIONAL_ENDPOINT is {us_east_1!r}: botocore "
+                          f"takes 'legacy' or 'regional'")
+    if region == "us-east-1" and not fips and not dualstack and \
+            us_east_1 != "regional":
+        return "https://s3.amazonaws.com"
     suffix, partition = _partition(region)
     if fips and partition == "aws-cn":
         raise ConfigError(f"AWS_USE_FIPS_ENDPOINT is true but region {region} is in the "
