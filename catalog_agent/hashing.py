@@ -20,7 +20,7 @@ CHUNK = 1024 * 1024
 IN_MEMORY = 256 * 1024
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Digest:
     """What one read of a file gave: its SHA-256 and what the upload sends as checksums."""
 

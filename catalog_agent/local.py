@@ -83,7 +83,7 @@ def modes_in(folder_fd: int) -> Modes:
     return SHARED if os.fstat(folder_fd).st_mode & stat.S_ISGID else PRIVATE
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Identity:
     """What ``fstat`` says about a file: any write, truncation or swap changes one of these.
 
@@ -116,7 +116,7 @@ class Identity:
         return ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LocalEntry:
     """One entry of the data folder.
 
