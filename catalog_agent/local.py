@@ -96,19 +96,28 @@ class Identity(bytes):
 
     def __new__(cls, device: int, inode: int, size: int, mtime_ns: int, ctime_ns: int,
                 links: int) -> Identity:
-        return super().__new__(cls, _IDENTITY.pack(device, inode, size, mtime_ns, ctime_ns,
-                                                   links))
+        # Times as (seconds, nanoseconds): file systems keep dates past 2262, beyond 64-bit ns.
+        return super().__new__(cls, _IDENTITY.pack(device, inode, size,
+                                                   *divmod(mtime_ns, 10**9),
+                                                   *divmod(ctime_ns, 10**9), links))
 
-    device = property(lambda self: _IDENTITY.unpack(self)[0])
-    inode = property(lambda self: _IDENTITY.unpack(self)[1])
-    size = property(lambda self: _IDENTITY.unpack(self)[2])
-    mtime_ns = property(lambda self: _IDENTITY.unpack(self)[3])
-    ctime_ns = property(lambda self: _IDENTITY.unpack(self)[4])
-    links = property(lambda self: _IDENTITY.unpack(self)[5])
+    def fields(self) -> tuple[int, int, int, int, int, int]:
+        device, inode, size, mtime_s, mtime_n, ctime_s, ctime_n, links = _IDENTITY.unpack(self)
+        return device, inode, size, mtime_s * 10**9 + mtime_n, ctime_s * 10**9 + ctime_n, links
+
+    def __getnewargs__(self) -> tuple[int, int, int, int, int, int]:  # copy and pickle
+        return self.fields()
+
+    device = property(lambda self: self.fields()[0])
+    inode = property(lambda self: self.fields()[1])
+    size = property(lambda self: self.fields()[2])
+    mtime_ns = property(lambda self: self.fields()[3])
+    ctime_ns = property(lambda self: self.fields()[4])
+    links = property(lambda self: self.fields()[5])
 
     def __repr__(self) -> str:
         return "Identity(device={}, inode={}, size={}, mtime_ns={}, ctime_ns={}, links={})" \
-            .format(*_IDENTITY.unpack(self))
+            .format(*self.fields())
 
     __str__ = __repr__
 
@@ -131,7 +140,8 @@ class Identity(bytes):
         return ""
 
 
-_IDENTITY = struct.Struct("=QQQqqQ")  # device, inode, size, mtime_ns, ctime_ns, links
+# device, inode, size, mtime (s, ns), ctime (s, ns), links
+_IDENTITY = struct.Struct("=QQQqIqIQ")
 
 
 @dataclass(frozen=True, slots=True)

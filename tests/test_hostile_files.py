@@ -253,3 +253,24 @@ def test_put_skips_a_local_name_that_is_not_valid_utf8(agent, s3, bucket, tmp_pa
     assert len(skipped) == 1 and "UTF-8" in skipped[0]["reason"]
     assert {k for k in stored_keys(s3, bucket, "utf/") if ".catalog-agent" not in k} == \
         {"utf/good.txt"}
+
+
+def test_files_dated_past_2262_and_before_1970_are_put(agent, s3, bucket, tmp_path: Path
+                                                       ) -> None:
+    """Nanosecond times beyond 64 bits (ext4 keeps dates to 2446) and negative ones: a put
+    takes them like any file (its check of what changed included), never an internal error."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "future.txt").write_text("from the future")
+    (out / "past.txt").write_text("from the past")
+    try:
+        os.utime(out / "future.txt", ns=(10**19, 10**19))
+    except (OSError, OverflowError) as exc:  # a file system that cannot hold the date
+        pytest.fail(f"this file system refuses a date past 2262: {exc}")
+    os.utime(out / "past.txt", ns=(-10**18, -10**18))
+    ran = agent("put", "*", "--run-id", "r", "--step", "s", "--compute-data-folder", str(out))
+    assert ran.code == 0, ran.output
+    got = agent("get", "*", "--run-id", "r", "--compute-data-folder", str(tmp_path / "in"))
+    assert got.code == 0, got.output
+    assert (tmp_path / "in" / "future.txt").read_text() == "from the future"
+    assert (tmp_path / "in" / "past.txt").read_text() == "from the past"
