@@ -554,6 +554,7 @@ def test_fips_and_dual_stack_endpoints_are_botocores(fips: bool, dualstack: bool
 
     env = {"AWS_USE_FIPS_ENDPOINT": str(fips).lower(),
            "AWS_USE_DUALSTACK_ENDPOINT": str(dualstack).lower()}
+    monkeypatch.delenv("AWS_S3_US_EAST_1_REGIONAL_ENDPOINT", raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     client = boto3.client("s3", region_name=region, aws_access_key_id="a",

@@ -459,7 +459,8 @@ class S3Store:
                     left = left or any(k == key and u == upload_id for k, u in page)
                     pages += 1
                     if left or pages == ABORT_LOOK_PAGES:  # SIGTERM does not stop this listing:
-                        break  # a server paging for ever must not hold the pod
+                        left = True  # not seen in 3 pages: unknown, so abort again (at most
+                        break  # twice more); a server paging for ever must not hold the pod
                 if not left:
                     return
             except Exception:  # noqa: BLE001 - the transfer's own failure is the one to report
