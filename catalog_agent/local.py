@@ -88,7 +88,7 @@ class Identity(bytes):
     """What ``fstat`` says about a file: any write, truncation or swap changes one of these.
 
     ``ctime`` cannot be set by a process: a writer that restores size and mtime still shows.
-    Kept packed in one bytes object (88 bytes, where six int objects and their holder took
+    Kept packed in one bytes object (about 90 bytes, where six int objects and their holder took
     about 200): a put holds one per file until it ends.
     """
 
