@@ -36,7 +36,7 @@ FOREIGN_OPTIONS = {
     "--build-arg": "podman", "--layers": "podman", "--variant": "debootstrap",
     "--include": "debootstrap", "--no-deps": "pip", "--only-binary": "pip",
     "--require-hashes": "pip", "--checkers": "rclone", "--checksum": "rclone",
-    "--transfers": "rclone", "--if-size-differ": "s5cmd", "--gil": "py-spy",
+    "--transfers": "rclone", "--if-size-differ": "s5cmd", "--gil": "py-spy", "--idle": "py-spy",
 }
 BENCH = "scripts/bench"  # its options are checked against its own parser
 
