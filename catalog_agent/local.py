@@ -127,15 +127,16 @@ class Identity(bytes):
                    st.st_nlink)
 
     def same_file(self, other: Identity) -> bool:
-        return (self.device, self.inode) == (other.device, other.inode)
+        return self.fields()[:2] == other.fields()[:2]
 
     def changes(self, other: Identity) -> str:
         """What differs between two looks at a file ('' when nothing does)."""
-        if not self.same_file(other):
+        mine, theirs = self.fields(), other.fields()  # unpacked once each
+        if mine[:2] != theirs[:2]:
             return "replaced by another file"
-        if self.size != other.size:
-            return f"size {self.size} -> {other.size} bytes"
-        if (self.mtime_ns, self.ctime_ns) != (other.mtime_ns, other.ctime_ns):
+        if mine[2] != theirs[2]:
+            return f"size {mine[2]} -> {theirs[2]} bytes"
+        if mine[3:5] != theirs[3:5]:
             return "written to"
         return ""
 
