@@ -2,8 +2,8 @@
 
 Shared by the image tests, the pod runner tests and the chart tests. No Docker engine and no
 registry exist on these machines, so the base image is made with debootstrap
-(scripts/build-base-image) and passed to the Dockerfile as BASE_IMAGE. Flags that work here are
-in ../shared/notes/environment.md: vfs storage, runc, cgroupfs, host network for builds.
+(scripts/build-base-image) and passed to the Dockerfile as BASE_IMAGE. The flags that work in
+an unprivileged container: vfs storage, runc, cgroupfs, host network for builds.
 
 Builds are cached by content: the agent image carries a label with the hash of its build context
 (the files .dockerignore admits) and of the base image; a session reuses the image when the
