@@ -29,7 +29,7 @@ from catalog_agent.hashing import Digest
 from catalog_agent.local import Incoming, OpenedFile
 from catalog_agent.stores import wire
 from catalog_agent.stores.base import Fetched, ProgressCallback, StoredObject
-from catalog_agent.stores.s3_client import BodyCut, S3Client
+from catalog_agent.stores.s3_client import SETTLE_AFTER_STOP, BodyCut, S3Client
 from catalog_agent.stores.wire import Payload
 
 T = TypeVar("T")
@@ -330,7 +330,7 @@ class S3Store:
                 raise self._translated(exc, what) from None
             return
         try:
-            upload_id = self.run(self.s3.create_upload(key, headers))
+            upload_id = self.run(self._begin_upload(key, headers))
         except Exception as exc:  # noqa: BLE001
             raise self._translated(exc, what) from None
         parts: list[tuple[str, str | None]] = []
@@ -426,7 +426,7 @@ class S3Store:
         if len(parts) != len(digest.part_sha256):
             raise IntegrityError(f"{opened.relative}: {len(digest.part_sha256)} part hashes "
                                  f"for {len(parts)} parts")
-        upload_id = await self.s3.create_upload(key, headers)
+        upload_id = await self._begin_upload(key, headers)
         etags = [""] * len(parts)
         slots = self._slots()
 
@@ -435,8 +435,8 @@ class S3Store:
             payload = Payload(end - start, fd=opened.fd, offset=start,
                               sha256=digest.part_sha256[index].hex())
             async with slots:
-                etags[index] = await self.s3.upload_part(key, upload_id, index + 1, payload,
-                                                         check=opened.check_unchanged)
+                etags[index] = await _settled(self.s3.upload_part(
+                    key, upload_id, index + 1, payload, check=opened.check_unchanged))
             progress(end - start)
 
         try:
@@ -445,6 +445,21 @@ class S3Store:
                 (etag, wire.checksum(d)) for etag, d in zip(etags, digest.part_sha256)])
         except BaseException:
             await asyncio.shield(self._abort_upload(key, upload_id))
+            raise
+
+    async def _begin_upload(self, key: str, headers: dict[str, str]) -> str:
+        """Create a multipart upload. A cancel (SIGTERM) while the request is out still waits
+        for its answer and aborts the upload: the server may have created it already, and an
+        upload whose id nobody learnt would be left behind."""
+        creating = asyncio.ensure_future(self.s3.create_upload(key, headers))
+        try:
+            return await asyncio.shield(creating)
+        except asyncio.CancelledError:
+            try:  # bounded by the request's own deadline
+                upload_id = await creating
+            except Exception:  # noqa: BLE001 - nothing was created, or nothing can be done
+                raise asyncio.CancelledError from None
+            await self._abort_upload(key, upload_id)
             raise
 
     async def _abort_upload(self, key: str, upload_id: str) -> None:
@@ -637,6 +652,26 @@ async def _all_or_nothing(work: list[Awaitable[None]]) -> None:
                 and not isinstance(o, asyncio.CancelledError)]
     if failures:
         raise next((f for f in failures if not isinstance(f, Interrupted)), failures[0])
+
+
+async def _settled(request: Awaitable[T]) -> T:
+    """Await ``request``; cancelled, give it up to SETTLE_AFTER_STOP seconds to get its answer
+    first, so that no part lands after the abort that follows (see SETTLE_AFTER_STOP)."""
+    task = asyncio.ensure_future(request)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        task.add_done_callback(_retrieved)  # its outcome no longer matters, only its end
+        try:
+            await asyncio.wait([task], timeout=SETTLE_AFTER_STOP)
+        finally:
+            task.cancel()
+        raise
+
+
+def _retrieved(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 def _hash_range(digest: Any, fd: int, start: int, end: int) -> None:

@@ -54,6 +54,10 @@ COMPLETE_DEADLINE_BASE = 15 * 60.0
 HAPPY_EYEBALLS_DELAY = 0.25  # RFC 8305: the next address after this long, not the next timeout
 EARLY_ANSWER_WAIT = 2.0  # after a failed send: how long to look for the server's answer
 BLOCK = 256 * 1024
+# After SIGTERM, how long a body already on the wire may take to finish before it is cut: a
+# body cut mid-send may still be stored by the server after the abort that follows (S3: parts
+# in progress "might or might not succeed"), leaving an upload nobody aborts.
+SETTLE_AFTER_STOP = 5.0
 HEAD_LIMIT = 64 * 1024
 CONTROL_LIMIT = 16 * 1024 * 1024  # a listing page or an upload's answer: far below this
 # The answers that may be long (a page of 1,000 keys); they come one at a time. Every other
@@ -567,9 +571,12 @@ class S3Client:
         beyond (a file that grew sends what was hashed; one that shrank is FileChanged)."""
         assert payload.fd is not None
         offset, end = payload.offset, payload.offset + payload.length
+        stopped: float | None = None
         while offset < end:
             if self.policy.stop.is_set() and not cleanup:
-                raise Interrupted("stopped before the transfer finished")
+                stopped = stopped or time.monotonic()
+                if time.monotonic() - stopped > SETTLE_AFTER_STOP:
+                    raise Interrupted("stopped before the transfer finished")
             try:
                 block = os.pread(payload.fd, min(BLOCK, end - offset), offset)
             except OSError as exc:
