@@ -71,7 +71,7 @@ QUICK = {
     "large": DataSet("large", 1, 256 * MiB),
     "many": DataSet("many", 5_000, 1 * KiB, 50),
     "one": DataSet("one", 1, 64 * KiB),
-    "million": DataSet("million", 20_000, 1 * KiB, 200),
+    "million": DataSet("million", 10_000, 1 * KiB, 100),
 }
 NAMES = list(FULL)
 
