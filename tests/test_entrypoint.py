@@ -49,10 +49,19 @@ def _env(status: Path) -> dict[str, str]:
     return env
 
 
+def _as_a_container_starts_it() -> None:
+    """Default dispositions, as a container runtime gives PID 1. A harness started with nohup,
+    or as a background job of a script, ignores SIGINT (and SIGHUP, SIGQUIT); a shell that
+    inherits an ignored signal may not trap it (POSIX), so the wrapper could not forward it."""
+    for signum in (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT):
+        signal.signal(signum, signal.SIG_DFL)
+
+
 def _start(shell: list[str], status: Path, *command: str, **popen: object
            ) -> subprocess.Popen[str]:
     return subprocess.Popen([*shell, str(WRAPPER), "--", *command], env=_env(status), text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=_as_a_container_starts_it, **popen)
 
 
 def _wait_for(predicate, timeout: float = 20.0) -> None:  # noqa: ANN001
