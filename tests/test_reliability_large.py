@@ -16,12 +16,19 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 from conftest import Agent, Ran, agent_env, log_events
 from faultproxy import FaultProxy, Rule
+
+from catalog_agent.stores.s3 import ABORT_SECONDS
+from catalog_agent.stores.s3_client import SETTLE_AFTER_STOP
 
 pytestmark = pytest.mark.slow
 
@@ -213,6 +220,65 @@ def test_put_retries_a_complete_multipart_upload_answered_200_with_an_error(
     check_put_complete(s3, bucket, "c200", hashes)
     assert proxy.seen["complete"] == 2
     assert done_event(put, "put")["retries"] >= 1
+
+
+def _put_stopped_while_creating(agent: Agent, s3_server: Any, s3: Any, bucket: str,
+                                folder: Path, run: str, hold: float) -> tuple[float, Any]:
+    """A put whose CreateMultipartUpload the server has done but whose answer (the upload's
+    id) the proxy holds back ``hold`` seconds; SIGTERM while it is held. (seconds from the
+    signal to the exit, the proxy)."""
+    rules = [Rule("delay", "create", limit=1, min_delay=hold, max_delay=hold)]
+    with FaultProxy(upstream(s3_server), rules=rules, seed=16) as proxy:
+        put = subprocess.Popen(
+            [sys.executable, "-m", "catalog_agent", "put", "**", "--run-id", run, "--step",
+             STEP, "--compute-data-folder", str(folder)],
+            env={**agent.env, **through(proxy), "CATALOG_AGENT_CONCURRENCY": "1"},
+            cwd=agent.cwd, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            deadline = time.monotonic() + 120
+            while not unfinished_uploads(s3, bucket):  # created; its answer is being held
+                assert put.poll() is None and time.monotonic() < deadline, put.communicate()
+                time.sleep(0.05)
+            put.send_signal(signal.SIGTERM)
+            signalled = time.monotonic()
+            out, err = put.communicate(timeout=120)
+            stopped = time.monotonic() - signalled
+        finally:
+            put.kill()
+    assert put.returncode == 143, (out + err)[-3000:]
+    assert "Traceback" not in out + err
+    assert proxy.seen["create"] == 1  # (a delay is counted when it ends)
+    assert f"{run}/.catalog-agent/manifests/{STEP}.json" not in {
+        o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])}
+    return stopped, proxy
+
+
+def test_sigterm_while_an_upload_is_being_created_still_aborts_it(
+        agent: Agent, s3_server: Any, s3: Any, bucket: str, data) -> None:
+    """The answer comes within the settle time after SIGTERM: the put learns the upload's id
+    and aborts it, instead of leaving an upload nobody knows of."""
+    stopped, proxy = _put_stopped_while_creating(agent, s3_server, s3, bucket, data[0],
+                                                 "held", hold=2.0)
+    assert proxy.count("create", "delay") == 1
+    assert proxy.seen["abort"] >= 1, dict(proxy.seen)
+    assert unfinished_uploads(s3, bucket) == []
+    assert stopped < SETTLE_AFTER_STOP + ABORT_SECONDS
+
+
+def test_sigterm_while_an_upload_is_created_too_slowly_leaves_it_to_the_next_put(
+        agent: Agent, s3_server: Any, s3: Any, bucket: str, data) -> None:
+    """An answer held past the settle time is given up (the pod's grace period comes first):
+    the put still stops with 143, and the step's next put aborts the upload left behind."""
+    folder, hashes = data
+    stopped, proxy = _put_stopped_while_creating(agent, s3_server, s3, bucket, folder, "slow",
+                                                 hold=SETTLE_AFTER_STOP + 15)
+    assert stopped < SETTLE_AFTER_STOP + 5, stopped  # not the 20 s of the held answer
+    assert proxy.seen["abort"] == 0, dict(proxy.seen)
+    assert len(unfinished_uploads(s3, bucket)) == 1
+    again = agent("put", "**", "--run-id", "slow", "--step", STEP, "--compute-data-folder",
+                  str(folder), timeout=600)
+    assert again.code == 0, again.output[-3000:]
+    check_put_complete(s3, bucket, "slow", hashes)  # no unfinished upload among them
 
 
 def test_get_survives_faults_on_ranged_parts(s3_server: Any, stored: str, data,

@@ -43,6 +43,7 @@ MIN_PART_SIZE = 5 * 1024 ** 2
 MAX_PART_SIZE = 5 * 1024 ** 3
 MAX_PARTS = 10_000
 MAX_OBJECT_SIZE = 5 * 1024 ** 4
+ABORT_SECONDS = 15.0  # an abort and its re-checks, retries included: 5 + 15 s < a 30 s grace
 ABORT_LOOK_PAGES = 3  # after an abort, pages of unfinished uploads read to see it is gone
 MAX_KEY_BYTES = 1024
 DEFAULT_THRESHOLD = 16 * 1024 ** 2
@@ -436,7 +437,8 @@ class S3Store:
                               sha256=digest.part_sha256[index].hex())
             async with slots:
                 etags[index] = await _settled(self.s3.upload_part(
-                    key, upload_id, index + 1, payload, check=opened.check_unchanged))
+                    key, upload_id, index + 1, payload, check=opened.check_unchanged),
+                    self.s3.policy.stop)
             progress(end - start)
 
         try:
@@ -448,37 +450,49 @@ class S3Store:
             raise
 
     async def _begin_upload(self, key: str, headers: dict[str, str]) -> str:
-        """Create a multipart upload. A cancel (SIGTERM) while the request is out still waits
-        for its answer and aborts the upload: the server may have created it already, and an
-        upload whose id nobody learnt would be left behind."""
+        """Create a multipart upload. Cancelled (SIGTERM) while the request is out, it waits up
+        to SETTLE_AFTER_STOP for the answer and aborts that upload: the server may have created
+        it already. An answer later than that is given up (the pod's grace period matters
+        more); the next put of the step aborts what is left (:meth:`abort_incomplete_uploads`).
+        """
         creating = asyncio.ensure_future(self.s3.create_upload(key, headers))
         try:
             return await asyncio.shield(creating)
         except asyncio.CancelledError:
-            try:  # bounded by the request's own deadline
-                upload_id = await creating
-            except Exception:  # noqa: BLE001 - nothing was created, or nothing can be done
-                raise asyncio.CancelledError from None
-            await self._abort_upload(key, upload_id)
+            try:
+                await asyncio.wait([creating], timeout=SETTLE_AFTER_STOP)
+            finally:  # cancelled again while waiting: the request still ends
+                if not creating.done():
+                    creating.cancel()
+            await asyncio.gather(creating, return_exceptions=True)
+            if not creating.cancelled() and creating.exception() is None:
+                await self._abort_upload(key, creating.result())
             raise
 
     async def _abort_upload(self, key: str, upload_id: str) -> None:
-        """Abort, then look again: a part cut off mid-send may land after the first abort."""
+        """Abort, then look again: a part cut off mid-send may land after the first abort.
+
+        At most ABORT_SECONDS in all, retries included: after SIGTERM the pod has its grace
+        period, and what is left is aborted by the step's next put.
+        """
+        try:
+            await asyncio.wait_for(self._abort_and_look(key, upload_id), ABORT_SECONDS)
+        except Exception:  # noqa: BLE001 - the transfer's own failure is the one to report
+            return
+
+    async def _abort_and_look(self, key: str, upload_id: str) -> None:
         for wait in (0.0, 0.5, 2.0):
             await asyncio.sleep(wait)
-            try:
-                await self.s3.abort(key, upload_id)
-                left = False
-                pages = 0
-                async for page in self.s3.upload_pages(key, cleanup=True):
-                    left = left or any(k == key and u == upload_id for k, u in page)
-                    pages += 1
-                    if left or pages == ABORT_LOOK_PAGES:  # SIGTERM does not stop this listing:
-                        left = True  # not seen in 3 pages: unknown, so abort again (at most
-                        break  # twice more); a server paging for ever must not hold the pod
-                if not left:
-                    return
-            except Exception:  # noqa: BLE001 - the transfer's own failure is the one to report
+            await self.s3.abort(key, upload_id)
+            left = False
+            pages = 0
+            async for page in self.s3.upload_pages(key, cleanup=True):
+                left = left or any(k == key and u == upload_id for k, u in page)
+                pages += 1
+                if left or pages == ABORT_LOOK_PAGES:  # SIGTERM does not stop this listing:
+                    left = True  # not seen in 3 pages: unknown, so abort again (at most
+                    break  # twice more); a server paging for ever must not hold the pod
+            if not left:
                 return
 
     async def download_async(self, key: str, target: Incoming, *, size: int,
@@ -654,24 +668,22 @@ async def _all_or_nothing(work: list[Awaitable[None]]) -> None:
         raise next((f for f in failures if not isinstance(f, Interrupted)), failures[0])
 
 
-async def _settled(request: Awaitable[T]) -> T:
-    """Await ``request``; cancelled, give it up to SETTLE_AFTER_STOP seconds to get its answer
-    first, so that no part lands after the abort that follows (see SETTLE_AFTER_STOP)."""
+async def _settled(request: Awaitable[T], stop: threading.Event) -> T:
+    """Await ``request``. Cancelled after SIGTERM (``stop``), it first gets up to
+    SETTLE_AFTER_STOP seconds to have its answer, so that no part lands after the abort that
+    follows; cancelled for another part's failure, it is cut at once (the abort's re-check
+    catches a part that lands late)."""
     task = asyncio.ensure_future(request)
     try:
         return await asyncio.shield(task)
     except asyncio.CancelledError:
-        task.add_done_callback(_retrieved)  # its outcome no longer matters, only its end
         try:
-            await asyncio.wait([task], timeout=SETTLE_AFTER_STOP)
-        finally:
+            if stop.is_set():
+                await asyncio.wait([task], timeout=SETTLE_AFTER_STOP)
+        finally:  # cancelled again while waiting: the request still ends
             task.cancel()
+        await asyncio.gather(task, return_exceptions=True)  # its end, not its outcome
         raise
-
-
-def _retrieved(task: asyncio.Future[Any]) -> None:
-    if not task.cancelled():
-        task.exception()
 
 
 def _hash_range(digest: Any, fd: int, start: int, end: int) -> None:
