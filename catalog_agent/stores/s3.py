@@ -459,12 +459,7 @@ class S3Store:
         try:
             return await asyncio.shield(creating)
         except asyncio.CancelledError:
-            try:
-                await asyncio.wait([creating], timeout=SETTLE_AFTER_STOP)
-            finally:  # cancelled again while waiting: the request still ends
-                if not creating.done():
-                    creating.cancel()
-            await asyncio.gather(creating, return_exceptions=True)
+            await _wind_down(creating, settle=True)
             if not creating.cancelled() and creating.exception() is None:
                 await self._abort_upload(key, creating.result())
             raise
@@ -677,13 +672,19 @@ async def _settled(request: Awaitable[T], stop: threading.Event) -> T:
     try:
         return await asyncio.shield(task)
     except asyncio.CancelledError:
-        try:
-            if stop.is_set():
-                await asyncio.wait([task], timeout=SETTLE_AFTER_STOP)
-        finally:  # cancelled again while waiting: the request still ends
-            task.cancel()
-        await asyncio.gather(task, return_exceptions=True)  # its end, not its outcome
+        await _wind_down(task, settle=stop.is_set())
         raise
+
+
+async def _wind_down(task: asyncio.Future[Any], *, settle: bool) -> None:
+    """After a cancel: let ``task`` (a request) have its answer for up to SETTLE_AFTER_STOP
+    seconds when ``settle``, then cut it; returns once it has ended, whatever its outcome."""
+    try:
+        if settle:
+            await asyncio.wait([task], timeout=SETTLE_AFTER_STOP)
+    finally:  # cancelled again while waiting: the request still ends
+        task.cancel()  # nothing, if it has ended
+    await asyncio.gather(task, return_exceptions=True)
 
 
 def _hash_range(digest: Any, fd: int, start: int, end: int) -> None:
