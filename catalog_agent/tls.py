@@ -39,15 +39,32 @@ def verify(config: Config) -> str | bool:
     if not config.verify_tls:
         _unchecked()
         return False
-    if config.ca_bundle:
-        return config.ca_bundle  # checked to be a file when the configuration was loaded
+    if config.ca_bundle:  # checked to be a file when the configuration was loaded
+        return _loadable(config.ca_bundle, f"ca_bundle {config.ca_bundle} (from "
+                                           f"{config.sources['ca_bundle']})")
     bundle = os.environ.get(ENV_BUNDLE, "")
     if bundle:
         if not os.path.isfile(bundle):
             raise ConfigError(f"{ENV_BUNDLE} {bundle} is not a file",
                               hint="mount the CA bundle there, or unset the variable")
-        return bundle
+        return _loadable(bundle, f"{ENV_BUNDLE} {bundle}")
     return default_bundle()
+
+
+@functools.cache
+def _loadable(bundle: str, named: str) -> str:
+    """``bundle`` once it has loaded as a CA bundle: a DER certificate, an empty file or a
+    Secret mounted under the wrong key would otherwise fail deep in the first connection,
+    as an internal error, without naming the file."""
+    try:
+        ssl.create_default_context(cafile=bundle)
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or str(exc)
+        raise ConfigError(f"{named} is not a CA bundle: {str(reason).lower().replace('_', ' ')}",
+                          hint="a CA bundle is a PEM file of '-----BEGIN CERTIFICATE-----' "
+                               "blocks (a DER certificate converts with: openssl x509 "
+                               "-inform der -in ca.der -out ca.pem)") from None
+    return bundle
 
 
 @functools.cache

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import ssl
 import re
 import secrets
 from pathlib import Path
@@ -172,6 +173,24 @@ def test_aws_ca_bundle_that_is_not_a_file_is_a_configuration_error(
     assert ran.code == 2, ran.output
     assert "Traceback" not in ran.output
     assert f"AWS_CA_BUNDLE {tmp_path / 'missing.pem'} is not a file" in ran.stderr
+
+
+@pytest.mark.parametrize("content", ["der", "empty"])
+@pytest.mark.parametrize("variable", ["CATALOG_AGENT_CA_BUNDLE", "AWS_CA_BUNDLE"])
+def test_a_bundle_that_is_not_pem_is_a_configuration_error(
+        variable: str, content: str, tls_s3_server: devserver.SeaweedServer,  # noqa: F811
+        tls_bucket: str, pki: TestPki, tmp_path: Path) -> None:  # noqa: F811
+    """A DER certificate or an empty file (a Secret mounted under the wrong key) where a PEM
+    bundle belongs: exit 2 naming the file, before any request; not an internal error."""
+    bundle = tmp_path / f"ca.{content}"
+    bundle.write_bytes(ssl.PEM_cert_to_DER_cert(pki.ca.read_text()) if content == "der" else b"")
+    agent = seaweed_agent(tmp_path, tls_s3_server, tls_bucket, {variable: str(bundle)})
+    for args in (["ls"], ["get", "**", "--compute-data-folder", str(tmp_path / "in")]):
+        ran = agent(*args)
+        assert ran.code == 2, ran.output
+        assert "Traceback" not in ran.output and "internal error" not in ran.output
+        assert str(bundle) in ran.stderr and "is not a CA bundle" in ran.stderr, ran.stderr
+    assert not (tmp_path / "in").exists()
 
 
 # A server presenting a certificate of the trusted CA that is wrong in one other way.
