@@ -166,7 +166,7 @@ class FolderMissing(Exception):
 
 
 def open_folder(path: str | os.PathLike[str], *, create: bool,
-                hide_reserved: bool = True) -> Folder:
+                hide_reserved: bool = True, what: str = "data folder") -> Folder:
     """Open the data folder, refusing a symlink planted on the way to it (exit 6).
 
     Every name of the path is opened relative to its parent's descriptor, and the kernel never
@@ -175,11 +175,12 @@ def open_folder(path: str | os.PathLike[str], *, create: bool,
     (``..`` included). A symlink is followed only when the folder holding it is in the
     container's root file system (the image); one in a mounted volume, where the step may have
     put it, is refused, wherever on the real route it lies, behind an image link included.
-    Missing folders are created (:func:`_make_folder`) when ``create``.
+    Missing folders are created (:func:`_make_folder`) when ``create``. ``what`` names the
+    folder in errors (the file-system catalog's is a catalog folder).
     """
     shown = os.fspath(path)
     absolute = os.path.normpath(os.path.join(os.getcwd(), shown))
-    walk = _Walk(shown, _mount_points(), create)
+    walk = _Walk(f"{what} {shown}", _mount_points(), create)
     try:
         walk.names(absolute)
         return Folder(shown, walk.take(), hide_reserved=hide_reserved)
@@ -190,8 +191,8 @@ def open_folder(path: str | os.PathLike[str], *, create: bool,
 class _Walk:
     """The walk of :func:`open_folder`: one open folder at a time, and the names still to go."""
 
-    def __init__(self, shown: str, mounts: list[str] | None, create: bool) -> None:
-        self.shown = shown
+    def __init__(self, named: str, mounts: list[str] | None, create: bool) -> None:
+        self.named = named  # "data folder out/", as errors name it
         self.mounts = mounts
         self.create = create
         self.fd = os.open("/", os.O_RDONLY | _DIRECTORY | _CLOEXEC)
@@ -224,7 +225,7 @@ class _Walk:
             self.hops += 1
             if self.hops > MAX_LINK_HOPS:
                 raise IntegrityError(
-                    f"refusing data folder {self.shown}: more than {MAX_LINK_HOPS} symlinks on "
+                    f"refusing {self.named}: more than {MAX_LINK_HOPS} symlinks on "
                     f"the way to it (a loop?), the last at {self.walked}/{name}")
             if target.startswith("/"):
                 self._enter("/", os.O_RDONLY | _DIRECTORY | _CLOEXEC)
@@ -241,20 +242,26 @@ class _Walk:
             st = os.stat(name, dir_fd=self.fd, follow_symlinks=False)
         except FileNotFoundError:
             if not self.create:
-                raise FolderMissing(self.shown) from None
-            _make_folder(self.fd, name)
-            st = os.stat(name, dir_fd=self.fd, follow_symlinks=False)
+                raise FolderMissing(self.named) from None
+            try:
+                _make_folder(self.fd, name)
+                st = os.stat(name, dir_fd=self.fd, follow_symlinks=False)
+            except OSError as exc:  # e.g. a volume's root owned by another user, read-only
+                raise TransferError(f"cannot create {self.named}: {where}: "
+                                    f"{exc.strerror or exc}") from None
+        except OSError as exc:  # a folder on the way the agent may not search
+            raise _folder_error(self.named, where, exc, _kind(self.fd, name)) from None
         if stat.S_ISLNK(st.st_mode):
             volume = _volume_of(_canonical(self.fd, here), self.mounts)
             if volume is not None:
                 raise IntegrityError(
-                    f"refusing data folder {self.shown}: {where} is a symlink inside the "
+                    f"refusing {self.named}: {where} is a symlink inside the "
                     f"volume mounted at {volume}, where the step could have planted it (give "
                     f"the folder's real path)")
             try:
                 return os.readlink(name, dir_fd=self.fd)  # the image's own link: walked
             except OSError as exc:  # replaced meanwhile: looked at again as what it is now
-                raise _folder_error(self.shown, where, exc, _kind(self.fd, name)) from None
+                raise _folder_error(self.named, where, exc, _kind(self.fd, name)) from None
         self._enter(name, OPEN_FOLDER, where=where)
         self.walked = where
         return None
@@ -263,19 +270,19 @@ class _Walk:
         try:
             child = os.open(name, flags, dir_fd=self.fd)
         except OSError as exc:
-            raise _folder_error(self.shown, where or f"{self.walked}/{name}", exc,
+            raise _folder_error(self.named, where or f"{self.walked}/{name}", exc,
                                 _kind(self.fd, name)) from None
         os.close(self.fd)
         self.fd = child
 
 
-def _folder_error(shown: str, walked: str, exc: OSError, kind: str) -> Exception:
+def _folder_error(named: str, walked: str, exc: OSError, kind: str) -> Exception:
     if kind == "a symlink" or exc.errno == errno.ELOOP:
-        return IntegrityError(f"refusing data folder {shown}: {walked} became a symlink")
+        return IntegrityError(f"refusing {named}: {walked} became a symlink")
     if exc.errno == errno.ENOTDIR:
-        return IntegrityError(f"refusing data folder {shown}: {walked} is not a folder "
+        return IntegrityError(f"refusing {named}: {walked} is not a folder "
                               f"({kind or 'gone'})")
-    return TransferError(f"cannot open data folder {shown}: {walked}: {exc.strerror or exc}")
+    return TransferError(f"cannot open {named}: {walked}: {exc.strerror or exc}")
 
 
 def _make_folder(parent_fd: int, name: str) -> None:

@@ -236,6 +236,31 @@ def test_a_real_data_folder_in_a_volume_works(agent, s3, bucket: str, tmp_path: 
     assert s3.get_object(Bucket=bucket, Key="r/sub/ok.txt")["Body"].read() == b"ok\n"
 
 
+def test_a_data_folder_that_cannot_be_created_is_exit_5_naming_it(
+        agent, s3, bucket: str, tmp_path: Path) -> None:  # noqa: ANN001
+    """A volume the agent may not write (read-only here; on a cluster, often a volume's root
+    owned by another uid): get and a put into a file-system catalog there name the folder
+    they could not create, exit 5. Both were an internal error (exit 1)."""
+    s3.put_object(Bucket=bucket, Key="r/a.txt", Body=b"a\n")
+    volume = tmp_path / "volume"
+    ran = in_volume(agent, volume, 'mount -o remount,ro "$1"',
+                    "get", "**", "--run-id", "r", "--compute-data-folder",
+                    str(volume / "step" / "data"))
+    assert ran.code == 5, ran.output[-2000:]
+    (error,) = [e for e in log_events(ran.stderr) if e["level"] == "error"]
+    assert error["event"] == (f"cannot create data folder {volume}/step/data: "
+                              f"{volume}/step: Read-only file system"), error
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "b.txt").write_text("b\n")
+    ran = in_volume(agent, tmp_path / "volume2", 'mount -o remount,ro "$1"',
+                    "put", "**", "--run-id", "r", "--step", "s", "--compute-data-folder",
+                    str(out), "--type", "file-system", "--catalog-location",
+                    str(tmp_path / "volume2" / "catalog"))
+    assert ran.code == 5, ran.output[-2000:]
+    assert f"cannot create catalog folder {tmp_path}/volume2/catalog" in ran.stderr, ran.stderr
+
+
 def test_a_symlink_in_the_root_file_system_on_the_way_is_followed(
         agent, s3, bucket: str, tmp_path: Path) -> None:  # noqa: ANN001
     """Links in the image (e.g. /var/run -> /run) are the image's, not the step's."""

@@ -43,7 +43,8 @@ class FileSystemStore:
         with self._lock:
             if self._folder is None:
                 try:
-                    self._folder = open_folder(self.root, create=create, hide_reserved=False)
+                    self._folder = open_folder(self.root, create=create, hide_reserved=False,
+                                               what="catalog folder")
                 except FolderMissing:
                     return None
             return self._folder
