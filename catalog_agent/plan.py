@@ -202,11 +202,13 @@ def select_get(state: RunState, patterns: list[Pattern], *, allow_missing: bool,
         raise Refused(f"refusing key {refused[0].relative!r}: {refused[0].reason}; nothing was "
                       f"written", refused)
     if strict_verify:
-        for row in chosen:
-            if state.sha256(row) is None:
-                raise IntegrityError(f"refusing {state.key(state.names[row])!r}: no manifest, "
-                                     f"run log or object metadata records its hash, and "
-                                     f"strict_verify is on; nothing was written")
+        unrecorded = [Skipped(state.key(state.names[row]), "no manifest, run log or object "
+                              "metadata records its hash, and strict_verify is on")
+                      for row in chosen if state.sha256(row) is None]
+        if unrecorded:  # every one listed (a dry run shows them all), the first named here
+            more = f" (and {len(unrecorded) - 1} more)" if len(unrecorded) > 1 else ""
+            raise Refused(f"refusing {unrecorded[0].relative!r}: {unrecorded[0].reason}{more}; "
+                          f"nothing was written", unrecorded)
     return GetPlan(state, chosen)
 
 

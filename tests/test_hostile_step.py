@@ -452,13 +452,23 @@ def test_strict_verify_refuses_an_object_no_one_recorded(agent, s3, bucket: str,
     assert agent("put", "**", "--run-id", "v", "--step", "s", "--compute-data-folder",
                  str(out)).code == 0
     s3.put_object(Bucket=bucket, Key="v/planted.txt", Body=b"written by someone else")
+    s3.put_object(Bucket=bucket, Key="v/sub/also.txt", Body=b"and this")
     into = tmp_path / "in"
     ran = agent("get", "**", "--run-id", "v", "--strict-verify", "--compute-data-folder",
                 str(into))
     assert ran.code == 6, ran.output[-2000:]
     assert "'v/planted.txt'" in ran.stderr and "strict_verify" in ran.stderr
+    assert "(and 1 more)" in ran.stderr
+    assert not into.exists() or list(into.rglob("*")) == []
+    dry = agent("get", "**", "--run-id", "v", "--strict-verify", "--dry-run",
+                "--compute-data-folder", str(into))  # shows every object it would refuse
+    assert dry.code == 6, dry.output[-2000:]
+    refused = {e["path"]: e["reason"] for e in log_events(dry.stderr)
+               if e.get("action") == "refuse"}
+    assert sorted(refused) == ["v/planted.txt", "v/sub/also.txt"], dry.stderr
+    assert all("strict_verify" in reason for reason in refused.values())
     assert not into.exists() or list(into.rglob("*")) == []
     ran = agent("get", "**", "--run-id", "v", "--compute-data-folder", str(into))
     assert ran.code == 0
-    assert [e["path"] for e in log_events(ran.stderr) if e["event"] == "unverified"] == [
-        "planted.txt"]
+    assert sorted(e["path"] for e in log_events(ran.stderr) if e["event"] == "unverified") == [
+        "planted.txt", "sub/also.txt"]
