@@ -112,8 +112,9 @@ class Config:
     strict_links: bool = _key(False, "A symlink or hard link leaving the data folder is an "
                                      "error rather than a skipped file.", kind="bool")
     strict_verify: bool = _key(False, "get refuses an object with no recorded hash (no manifest "
-                                      "entry, no x-amz-meta-sha256) instead of fetching it "
-                                      "unverified.", where=(CATALOG, STEP), kind="bool")
+                                      "entry, no magnus run-log entry, no x-amz-meta-sha256) "
+                                      "instead of fetching it unverified.",
+                               where=(CATALOG, STEP), kind="bool")
     when: str = _key("success", "When put --wait/--on-sigterm puts: after the main command "
                                 "succeeded, failed, or always.", where=(CATALOG, STEP),
                      kind="choice", choices=("success", "failure", "always"))

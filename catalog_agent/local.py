@@ -246,7 +246,7 @@ class _Walk:
             try:
                 _make_folder(self.fd, name)
                 st = os.stat(name, dir_fd=self.fd, follow_symlinks=False)
-            except OSError as exc:  # e.g. a volume's root owned by another user, read-only
+            except OSError as exc:  # e.g. a volume's root of another uid, or read-only
                 raise TransferError(f"cannot create {self.named}: {where}: "
                                     f"{exc.strerror or exc}") from None
         except OSError as exc:  # a folder on the way the agent may not search
