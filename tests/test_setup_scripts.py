@@ -55,16 +55,45 @@ def helper_script(tmp_path: Path, body: str) -> Path:
     return script
 
 
+def tree(folder: Path) -> dict[str, tuple[int, int, int]]:
+    """Every path under folder (symlinks not followed) with its mode, size and mtime."""
+    found = {}
+    for parent, dirs, files in os.walk(folder):
+        for name in dirs + files:
+            path = Path(parent, name)
+            st = path.lstat()
+            found[str(path.relative_to(folder))] = (st.st_mode, st.st_size, st.st_mtime_ns)
+    return found
+
+
 def test_every_step_only_checks_on_a_machine_that_has_everything(tmp_path: Path) -> None:
-    """The bootstrap's loop, as it runs after a first bootstrap: no apt-get at all."""
+    """The bootstrap's loop, as it runs after a first bootstrap: nothing installed, no installer
+    even started, nothing under .tools touched, nothing said about installing on either stream.
+
+    Its precondition is that scripts/bootstrap has run in this checkout: in CI it has (.ci/run
+    runs scripts/test, which bootstraps before pytest). Every installer the steps use (apt-get,
+    npm, the Python that makes magnus's venv) is a recording fake that fails, so a checkout that
+    was never bootstrapped fails this test, saying so, instead of installing during it (a step
+    may still remove what it found out of date, as it would in bootstrap)."""
     fake = tmp_path / "bin"
     env = fake_bin(fake, uid=0)
-    loop = 'for step in scripts/setup.d/*.sh; do bash "$step" || exit 1; done'
+    installers = tmp_path / "installers.log"
+    for tool in ("npm", "python"):
+        (fake / tool).write_text(f'#!/bin/sh\necho "{tool} $*" >> {installers}\nexit 1\n')
+        (fake / tool).chmod(0o755)
+    env["PYTHON"] = str(fake / "python")  # 40-magnus.sh's "$PYTHON" -m venv
+    tools = ROOT / ".tools"
+    before = tree(tools)
+    loop = 'set -e; for step in scripts/setup.d/*.sh; do bash "$step"; done'  # as scripts/bootstrap
     done = subprocess.run(["/bin/bash", "-c", loop], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=600)
-    assert done.returncode == 0, done.stderr
-    assert apt_calls(fake) == []
-    assert "installing" not in done.stderr
+    started = apt_calls(fake) + (installers.read_text().splitlines() if installers.exists() else [])
+    assert done.returncode == 0 and started == [], (
+        f"a step started installing {started} (exit {done.returncode}): run scripts/bootstrap "
+        f"first (CI does), or a step does not recognise what it installed\n{done.stderr}")
+    for stream in (done.stdout, done.stderr):
+        assert "install" not in stream.lower(), stream
+    assert tree(tools) == before
 
 
 def test_missing_packages_are_installed_with_one_update_and_one_install(tmp_path: Path) -> None:
