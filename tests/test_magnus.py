@@ -344,3 +344,30 @@ def test_a_run_that_mixes_magnus_and_agent_steps(interop: Interop) -> None:
     assert [(f["name"], f["data_hash"], f["catalog_relative_path"]) for f in manifest["files"]] \
         == [("out/combined.csv", sha256(combined), f"{interop.run_id}/data/out/combined.csv")]
 
+
+
+# --- the pattern rule, as magnus's own put applies it -------------------------------------------
+
+PATTERN_TREE = ["top.csv", "notes.txt", "x.csv/inner.txt", "raw/a.csv", "raw/b.txt",
+                "raw/deep/c.csv"]
+
+
+@pytest.mark.parametrize("pattern", ["*", "*.csv", "raw/*", "raw/*.csv", "**/*.csv"])
+def test_a_pattern_puts_what_magnus_puts(interop: Interop, pattern: str) -> None:
+    """The same pattern in a step's catalog put (magnus) and on the agent's put: the same files,
+    a folder named like a wildcard's match (x.csv/) taken by neither."""
+    interop.config(catalog="file-system", run_log="file-system")
+    make_files(interop.root / "src", names=PATTERN_TREE)
+    interop.magnus([{"name": "make", "command": "mkdir -p data && cp -R src/. data/",
+                     "catalog": {"put": [pattern]}}])
+    by_magnus = files_under(interop.root / "catalog" / interop.run_id / "data")
+    interop.run_id += "-agent"
+    put = interop.agent("put", pattern, "--step", "make", cwd=interop.root)
+    assert put.code == 0, put.output
+    by_agent = files_under(interop.root / "catalog" / interop.run_id / "data")
+    assert sorted(by_agent) == sorted(by_magnus)
+    assert by_agent == by_magnus
+    expected = {"*": ["notes.txt", "top.csv"], "*.csv": ["top.csv"],
+                "raw/*": ["raw/a.csv", "raw/b.txt"], "raw/*.csv": ["raw/a.csv"],
+                "**/*.csv": ["raw/a.csv", "raw/deep/c.csv", "top.csv"]}[pattern]
+    assert sorted(by_agent) == expected
