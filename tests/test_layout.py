@@ -181,3 +181,22 @@ def test_steps_with_different_data_folders_keep_their_own_records(catalog: Calla
                            cwd=into), "get")
         assert (got["files"], got["unverified"]) == (1, 0)
         assert (into / folder / "x.txt").read_bytes() == (pod / folder / "x.txt").read_bytes()
+
+
+def test_the_data_folder_dot_is_the_runs_root(catalog: Callable[..., Any], tmp_path: Path
+                                              ) -> None:
+    """compute_data_folder '.': keys straight under <prefix>/<run_id>/ (as magnus names them),
+    the agent's own records under .catalog-agent/ never taken for data."""
+    sent = {"top.txt": b"top\n", "raw/a.csv": b"a,1\n"}
+    pod1, pod2 = tmp_path / "pod1", tmp_path / "pod2"
+    fill(pod1, sent)
+    put = done(catalog("put", "**", "--run-id", "r1", "--step", "s",
+                       "--compute-data-folder", ".", cwd=pod1), "put")
+    assert put["files"] == 2
+    assert catalog.keys("p/r1/") == sorted(
+        [f"p/r1/{n}" for n in sent] + ["p/r1/.catalog-agent/manifests/s.json"])
+    got = done(catalog("get", "**", "--run-id", "r1", "--compute-data-folder", ".",
+                       cwd=pod2), "get")
+    assert (got["files"], got["unverified"]) == (2, 0)
+    assert {p.relative_to(pod2).as_posix(): p.read_bytes()
+            for p in pod2.rglob("*") if p.is_file()} == sent
