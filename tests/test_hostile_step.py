@@ -261,6 +261,22 @@ def test_a_data_folder_that_cannot_be_created_is_exit_5_naming_it(
     assert f"cannot create catalog folder {tmp_path}/volume2/catalog" in ran.stderr, ran.stderr
 
 
+def test_a_record_folder_behind_a_planted_link_is_refused(agent, s3, bucket: str,
+                                                          tmp_path: Path) -> None:  # noqa: ANN001
+    """--record into the shared volume: a folder link the step planted there must not carry the
+    agent's write elsewhere (here to a folder outside the volume)."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    volume = tmp_path / "volume"
+    ran = in_volume(agent, volume, f"mkdir -p data && echo ok > data/ok.txt && "
+                                   f"ln -s {elsewhere} records",
+                    "put", "**", "--run-id", "r", "--step", "s", "--compute-data-folder",
+                    str(volume / "data"), "--record", str(volume / "records" / "put.json"))
+    assert ran.code == 6, ran.output[-2000:]
+    assert f"refusing record folder {volume}/records: {volume}/records is a symlink" in ran.stderr
+    assert list(elsewhere.iterdir()) == []
+
+
 def test_a_symlink_in_the_root_file_system_on_the_way_is_followed(
         agent, s3, bucket: str, tmp_path: Path) -> None:  # noqa: ANN001
     """Links in the image (e.g. /var/run -> /run) are the image's, not the step's."""

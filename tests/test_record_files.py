@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from catalog_agent import lifecycle, local
+from catalog_agent.errors import TransferError
 from catalog_agent.manifest import entry
 from catalog_agent.record import write_record
 
@@ -53,6 +54,13 @@ def test_a_record_that_fails_half_way_leaves_nothing(tmp_path: Path) -> None:
 
     with pytest.raises(RuntimeError):
         write_record(str(tmp_path / "get.json"), broken(), command="get", run_id="r", step="")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_record_in_a_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(TransferError, match="cannot write the record .*its folder does not exist"):
+        write_record(str(tmp_path / "nowhere" / "put.json"), entries(), command="put",
+                     run_id="r", step="s")
     assert list(tmp_path.iterdir()) == []
 
 
