@@ -10,6 +10,7 @@ import json
 import os
 from typing import Any, Iterable
 
+from catalog_agent.errors import TransferError
 from catalog_agent.manifest import Entry
 
 TERMINATION_LOG = "/dev/termination-log"
@@ -62,22 +63,39 @@ def write_record(path: str, entries: Iterable[Entry], *, command: str, run_id: s
     random name, created only if nothing is there and never through a link (``O_EXCL``,
     ``O_NOFOLLOW``), so a link the step planted at a predictable name cannot redirect the
     write; the rename then replaces whatever is at ``path`` itself, never what it points to.
+    The folder is reached as a data folder is (:func:`~catalog_agent.local.open_folder`): a
+    link the step planted in a volume on the way is refused (exit 6), not followed.
     """
-    from catalog_agent.local import temporary_name
+    from catalog_agent.local import FolderMissing, open_folder, temporary_name
     from catalog_agent.manifest import encode, header
 
-    folder, name = os.path.split(path)
-    temporary = os.path.join(folder, temporary_name(name))
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                 0o666)
+    where, name = os.path.split(path)
+    try:  # the folder as open_folder reaches a data folder: no link a step planted followed
+        folder = open_folder(where or ".", create=False, what="record folder")
+    except FolderMissing:
+        raise TransferError(f"cannot write the record {path}: its folder does not "
+                            f"exist") from None
     try:
-        with os.fdopen(fd, "wb") as handle:
-            for piece in encode(header(run_id=run_id, step=step, command=command), entries):
-                handle.write(piece)
-        os.replace(temporary, path)
-    except BaseException:
+        temporary = temporary_name(name)
         try:
-            os.unlink(temporary)
-        except FileNotFoundError:
-            pass
-        raise
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, 0o666, dir_fd=folder.fd)
+        except OSError as exc:
+            raise TransferError(f"cannot write the record {path}: "
+                                f"{exc.strerror or exc}") from None
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                for piece in encode(header(run_id=run_id, step=step, command=command), entries):
+                    handle.write(piece)
+            os.replace(temporary, name, src_dir_fd=folder.fd, dst_dir_fd=folder.fd)
+        except BaseException as exc:
+            try:
+                os.unlink(temporary, dir_fd=folder.fd)
+            except FileNotFoundError:
+                pass
+            if isinstance(exc, OSError):  # e.g. the disk full: named, not an internal error
+                raise TransferError(f"cannot write the record {path}: "
+                                    f"{exc.strerror or exc}") from None
+            raise
+    finally:
+        folder.close()
