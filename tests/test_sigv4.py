@@ -98,3 +98,48 @@ def test_the_endpoints_userinfo_never_reaches_a_header() -> None:
     assert where.host == "store.example.com:8333"
     assert urlsplit(where.origin).netloc == "store.example.com:8333"
     assert (where.hostname, where.port) == ("store.example.com", 8333)  # where it connects
+
+
+def botocore_url(endpoint: str, bucket: str, key: str) -> str:
+    """The URL a real botocore S3 client (virtual-hosted style asked for) builds for HeadObject,
+    captured before it is sent."""
+    import botocore.session
+    from botocore.config import Config
+
+    session = botocore.session.Session()
+    session.set_credentials("AKIDEXAMPLE", "secret", None)
+    client = session.create_client("s3", region_name="us-east-1", endpoint_url=endpoint,
+                                   config=Config(s3={"addressing_style": "virtual"}))
+    urls: list[str] = []
+
+    class Captured(Exception):
+        pass
+
+    def before_send(request, **_):  # noqa: ANN001, ANN202
+        urls.append(request.url)
+        raise Captured()
+
+    client.meta.events.register("before-send.s3", before_send)
+    with pytest.raises(Captured):
+        client.head_object(Bucket=bucket, Key=key)
+    return urls[0]
+
+
+@pytest.mark.parametrize("endpoint, bucket, url", [
+    ("http://localhost:9000", "my-bucket", "http://my-bucket.localhost:9000/k"),
+    ("http://localhost:9000", "a.b.c", "http://a.b.c.localhost:9000/k"),  # dots: over http
+    ("https://minio.example.com", "a.b.c", "https://minio.example.com/a.b.c/k"),
+    ("http://localhost:9000", "My_Bucket", "http://localhost:9000/My_Bucket/k"),
+    ("http://localhost:9000", "ab", "http://localhost:9000/ab/k"),
+    ("http://localhost:9000", "1.2.3.4", "http://localhost:9000/1.2.3.4/k"),
+    ("http://localhost:9000", "a-.b", "http://localhost:9000/a-.b/k"),
+    ("https://s3.eu-west-1.amazonaws.com", "ab", "https://s3.eu-west-1.amazonaws.com/ab/k"),
+])
+def test_virtual_hosted_only_for_buckets_botocore_puts_in_the_host(endpoint: str, bucket: str,
+                                                                    url: str) -> None:
+    """A custom endpoint with virtual-hosted style asked for: a bucket name that is no host name
+    (upper case, '_', shorter than 3, an IPv4 address; dots over https) goes in the path."""
+    where = wire.endpoint(endpoint, region="us-east-1", bucket=bucket,
+                          addressing_style="virtual", environ={})
+    assert where.origin + sigv4.object_path(where.prefix, "k") == url
+    assert botocore_url(endpoint, bucket, "k") == url
