@@ -95,22 +95,6 @@ def test_the_retry_budget_runs_out_and_successes_refill_it() -> None:
     assert policy.acquire(retries.TRANSIENT) == retries.RETRY_COST
 
 
-def test_adaptive_mode_slows_down_after_throttling() -> None:
-    """botocore's own limiter: after a throttled answer, sending waits for tokens."""
-    standard = retries.RetryPolicy(mode="standard", max_attempts=5)
-    adaptive = retries.RetryPolicy(mode="adaptive", max_attempts=5)
-    for policy in (standard, adaptive):
-        policy.before_send()
-        policy.after_response(throttled=True)
-    started = time.monotonic()
-    standard.before_send()
-    assert time.monotonic() - started < 0.1
-    started = time.monotonic()
-    adaptive.before_send()  # the bucket refills at botocore's slowest rate, 0.5 a second:
-    adaptive.before_send()  # the second token, at least, is a wait of about 2 s
-    assert time.monotonic() - started > 1.5
-
-
 # --- against SeaweedFS ---
 
 def test_the_server_refuses_bytes_that_are_not_the_ones_hashed(s3_server, bucket: str,
@@ -161,6 +145,53 @@ def test_a_body_not_read_to_the_end_closes_its_connection(s3_server, bucket: str
 
     assert on_loop(work, lean(s3_server, bucket, on_retry=lambda: retried.append(1))) == data
     assert retried == []
+
+
+def test_adaptive_mode_slows_the_agent_down_after_throttling(agent, s3_server,
+                                                              tmp_path: Path) -> None:
+    """``retry_mode: adaptive`` in the catalog config: after S3's SlowDown answers, the agent's
+    client waits for the tokens of botocore's rate limiter before each request it sends.
+
+    Through the fault proxy, the first 4 PUTs (4 in flight at once) are answered 503 SlowDown.
+    Each throttled answer sets the limiter's fill rate to at most 0.7 times the rate measured
+    or allowed before (after 2 listings and these 4: 2.3 a second at the very most, usually
+    botocore's floor of 0.5), from where it grows again as a cubic of the time since. Counted
+    where the requests arrive: in the 2 s after the first SlowDown, 12 PUT attempts at the very
+    most (the 4 throttled, then fewer than 9 tokens), 5 usually; a client that sends without
+    the limiter's tokens sends all 44 within about half a second. A busy machine sends fewer,
+    never more, in those 2 s: the bound cannot flake that way.
+    """
+    from faultproxy import FaultProxy, Rule
+
+    out = tmp_path / "out"
+    out.mkdir()
+    for index in range(40):
+        (out / f"f{index}").write_text(str(index))
+    config = tmp_path / "catalog.yaml"
+    config.write_text("catalog:\n  type: s3\n  config:\n    retry_mode: adaptive\n")
+    arrivals: list[tuple[float, str, str | None]] = []  # (when, kind, fault) at the proxy
+    port = int(s3_server.endpoint.rsplit(":", 1)[1])
+    with FaultProxy(port, rules=[Rule("slowdown", ("put",), limit=4)]) as proxy:
+        choose = proxy.plan.choose
+
+        def recorded(method: str, target: str, headers: dict[str, str]):  # noqa: ANN202
+            choice = choose(method, target, headers)
+            arrivals.append((time.monotonic(), choice.kind, choice.fault))
+            return choice
+
+        proxy.plan.choose = recorded  # type: ignore[method-assign]
+        ran = agent("put", "**", "--run-id", "ad", "--step", "s", "--compute-data-folder",
+                    str(out), env={"CATALOG_AGENT_CONFIG": str(config),
+                                   "CATALOG_AGENT_ENDPOINT_URL": proxy.endpoint,
+                                   "AWS_ENDPOINT_URL_S3": proxy.endpoint,
+                                   "CATALOG_AGENT_CONCURRENCY": "4"})
+    assert ran.code == 0, ran.output[-2000:]
+    assert proxy.count("put", "slowdown") == 4
+    puts = [(when, fault) for when, kind, fault in arrivals if kind == "put"]
+    assert len(puts) >= 40 + 4  # every file once, the 4 throttled again
+    first = min(when for when, fault in puts if fault)
+    soon = [when for when, _ in puts if first <= when <= first + 2.0]
+    assert len(soon) <= 12, [round(when - first, 2) for when, _ in puts]
 
 
 def test_keys_with_awkward_characters_are_signed_right(s3_server, bucket: str, s3) -> None:

@@ -75,8 +75,12 @@ def endpoint(url: str, *, region: str, bucket: str, addressing_style: str,
                                   f"cannot combine them (a custom endpoint is used as given)",
                                   hint=f"unset {variable}, or the endpoint URL")
         # Custom endpoints: path style unless virtual is asked for, as botocore resolves "auto"
-        # for them; an IP address cannot carry the bucket as a subdomain (botocore: path).
-        virtual = addressing_style == "virtual" and not _is_ip(urlsplit(url).hostname)
+        # for them; an IP address cannot carry the bucket as a subdomain, nor can a bucket
+        # name that is no host name (botocore: path for both; a dotted name over https too,
+        # which no wildcard certificate would cover).
+        custom = urlsplit(url)
+        virtual = addressing_style == "virtual" and not _is_ip(custom.hostname) and \
+            _virtual_hostable(bucket, dots=(custom.scheme or "https") == "http")
     parts = urlsplit(url.rstrip("/"))
     scheme, base = parts.scheme or "https", parts.path
     service = host = sigv4.host_header(f"{scheme}://{parts.netloc}")  # no user:password@
@@ -327,6 +331,17 @@ def _is_ip(host: str | None) -> bool:
 
 def _dns_compatible(bucket: str) -> bool:
     return bool(re.fullmatch(r"[a-z0-9][a-z0-9-]{1,61}[a-z0-9]", bucket))
+
+
+def _virtual_hostable(bucket: str, *, dots: bool) -> bool:
+    """Whether botocore's S3 endpoint rules put ``bucket`` in the host name of a custom
+    endpoint (``aws.isVirtualHostableS3Bucket``): 3 characters or more, lowercase, not an
+    IPv4 address, and a host label (each dot-separated label of it, over http)."""
+    if len(bucket) < 3 or bucket != bucket.lower() or \
+            re.fullmatch(r"(?:[0-9]{1,3}\.){3}[0-9]{1,3}", bucket):
+        return False
+    labels = bucket.split(".") if dots else [bucket]
+    return all(re.fullmatch(r"(?!-)[a-zA-Z0-9-]{1,63}(?<!-)", label) for label in labels)
 
 
 def _timestamp(text: str) -> float:
