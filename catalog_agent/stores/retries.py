@@ -123,9 +123,16 @@ class RetryPolicy:
 
     # --- adaptive mode's rate limiter ---
 
-    def before_send(self) -> None:
-        if self._limiter is not None:
-            self._limiter.on_sending_request(request=None)
+    def may_send(self) -> bool:
+        """Adaptive mode: take a token from botocore's bucket if there is one, without blocking
+        (the client waits on its event loop); always True in standard mode."""
+        if self._limiter is None or not self._limiter._enabled:
+            return True
+        try:
+            self._limiter._token_bucket.acquire(1, block=False)
+        except Exception:  # noqa: BLE001 - botocore's CapacityNotAvailableError
+            return False
+        return True
 
     def after_response(self, throttled: bool) -> None:
         if self._limiter is not None:

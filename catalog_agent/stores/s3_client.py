@@ -450,17 +450,8 @@ class S3Client:
 
     async def _before_send(self) -> None:
         """Adaptive mode's token bucket, without blocking the loop."""
-        limiter = getattr(self.policy, "_limiter", None)
-        if limiter is None:
-            return
-        while True:
-            try:
-                if not limiter._enabled:
-                    return
-                limiter._token_bucket.acquire(1, block=False)
-                return
-            except Exception:  # noqa: BLE001 - botocore's CapacityNotAvailableError
-                await asyncio.sleep(0.05)
+        while not self.policy.may_send():
+            await asyncio.sleep(0.05)
 
     async def _exchange(self, method: str, head: bytes, payload: Payload | None,
                         sink: Sink | None, async_sink: Callable[[bytes], object] | None,
