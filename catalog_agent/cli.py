@@ -218,8 +218,8 @@ def put(**kwargs: Any) -> None:
     config_path, flags, own = _split(kwargs)
 
     def body(config: Config, cancel: threading.Event) -> dict[str, Any]:
-        def plain(stop: threading.Event = cancel) -> dict[str, Any]:
-            return commands.put(config, own["patterns"], record=own["record"], cancel=stop,
+        def plain() -> dict[str, Any]:
+            return commands.put(config, own["patterns"], record=own["record"], cancel=cancel,
                                 dry_run=own["dry_run"])
 
         mode = lifecycle.settings(wait=own["wait"], on_sigterm=own["on_sigterm"],

@@ -42,10 +42,6 @@ WAITING_LOG_INTERVAL = 60.0
 # After SIGTERM in sidecar mode the main container has ended: its exit code is there or will
 # be within moments (the wrapper writes it just before it exits).
 AFTER_SIGTERM_SECONDS = 5.0
-# The main container's exit code there and no SIGTERM for this long: the kubelet's signal came
-# while the interpreter was starting, before any handler (for PID 1 the kernel discards it),
-# and will not come again; the kubelet sends it within a second or two of the main's end.
-CUE_LOST_SECONDS = 10.0
 WAIT = "wait"
 ON_SIGTERM = "on-sigterm"
 
@@ -252,52 +248,18 @@ def wait_for_exit(status_dir: Path, *, timeout: float, stale_seconds: float,
                               "nothing was put")
 
 
-def wait_for_sigterm(cancel: threading.Event, status_dir: Path, *,
-                     cue_lost_after: float = CUE_LOST_SECONDS,
-                     clock: Callable[[], float] = time.monotonic) -> bool:
+def wait_for_sigterm(cancel: threading.Event) -> None:
     """Block until SIGTERM or SIGINT (the CLI's handler sets ``cancel``), then re-arm it.
 
     The first signal is the cue to put, not a request to stop: clearing the event lets a
-    second signal cancel the put itself. True when the signal came; False when instead the
-    main container's exit code has been there, and its heartbeat unchanged, ``cue_lost_after``
-    seconds with no signal: the cue was lost at start-up, and waiting on would end in the
-    kubelet's SIGKILL with nothing put and nothing said.
+    second signal cancel the put itself.
     """
     log = get_logger()
     log.info("waiting for SIGTERM", reason="native sidecar: Kubernetes sends it after the "
                                            "main containers have ended")
-    quiet_since, beat = clock(), _heartbeat_mtime(status_dir)
     while not cancel.wait(1.0):
-        # Ended: an exit code, and the heartbeat still (a step that plants an exit code while
-        # it runs does not stop the wrapper's beats).
-        now, latest = clock(), _heartbeat_mtime(status_dir)
-        if read_outcome(status_dir) is None or latest != beat:
-            quiet_since, beat = now, latest
-        elif now - quiet_since >= cue_lost_after:
-            log.warning("no SIGTERM came", reason=f"the main container's exit code has been in "
-                        f"{status_dir} for {cue_lost_after:.0f} s with its heartbeat still: the "
-                        f"signal was lost while the agent started; deciding now (a late "
-                        f"SIGTERM is taken as the cue, a second one stops the put)")
-            return False
+        pass
     cancel.clear()
-    return True
-
-
-def late_cue_absorbed(cancel: threading.Event) -> threading.Event:
-    """The stop event for a put that began without its SIGTERM: the first signal that still
-    comes is that cue, arriving late (logged, not a stop); a second one sets the event."""
-    stop = threading.Event()
-
-    def relay() -> None:
-        cancel.wait()
-        cancel.clear()
-        get_logger().info("SIGTERM received after the put began", reason="the late cue, not a "
-                          "request to stop: a second signal stops the put")
-        cancel.wait()
-        stop.set()
-
-    threading.Thread(target=relay, name="late-cue", daemon=True).start()
-    return stop
 
 
 def outcome_after_sigterm(status_dir: Path, cancel: threading.Event,
@@ -374,10 +336,10 @@ class LifecycleError(AgentError):
 
 
 def run_put(config: Config, lifecycle: Settings, cancel: threading.Event,
-            do_put: Callable[[threading.Event], dict[str, Any]]) -> dict[str, Any]:
+            do_put: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     """Wait (for the exit code or SIGTERM), apply the policy, put or skip, record a failure.
 
-    ``do_put(stop)`` is the plain put, stopped by ``stop``. Any failure, an unexpected one (a bug, exit 1) included, writes
+    ``do_put`` is the plain put. Any failure, an unexpected one (a bug, exit 1) included, writes
     the error document (best effort) and is re-raised as an agent error with the lifecycle
     facts attached, so the termination message carries them.
     """
@@ -385,18 +347,14 @@ def run_put(config: Config, lifecycle: Settings, cancel: threading.Event,
     facts: dict[str, Any] = {"mode": lifecycle.mode, "when": config.when,
                              "status_dir": str(lifecycle.status_dir)}
     outcome: Outcome | None = None
-    stop = cancel
     try:
         if lifecycle.mode == WAIT:
             outcome = wait_for_exit(lifecycle.status_dir, timeout=lifecycle.wait_timeout,
                                     stale_seconds=lifecycle.stale_seconds, cancel=cancel,
                                     first_heartbeat=lifecycle.first_heartbeat_seconds)
-        elif wait_for_sigterm(cancel, lifecycle.status_dir):
-            outcome = outcome_after_sigterm(lifecycle.status_dir, cancel)
         else:
-            outcome = read_outcome(lifecycle.status_dir) or Outcome(
-                None, f"the exit code in {lifecycle.status_dir} went away")
-            stop = late_cue_absorbed(cancel)
+            wait_for_sigterm(cancel)
+            outcome = outcome_after_sigterm(lifecycle.status_dir, cancel)
         facts["main_exit_code"] = outcome.exit_code
         go, why = decide(config.when, outcome)
         facts["decision"], facts["reason"] = ("put" if go else "skipped"), why
@@ -405,7 +363,7 @@ def run_put(config: Config, lifecycle: Settings, cancel: threading.Event,
                      main_exit_code=outcome.exit_code)
             return {"command": "put", "files": 0, "bytes": 0, "skipped": 0, **facts}
         log.info("putting", reason=why, when=config.when, main_exit_code=outcome.exit_code)
-        return {**do_put(stop), **facts}
+        return {**do_put(), **facts}
     except AgentError as exc:
         _write_error_document(config, lifecycle, exc, outcome)
         raise LifecycleError(exc, facts) from None

@@ -12,14 +12,11 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-from catalog_agent import lifecycle
 
 ROOT = Path(__file__).resolve().parent.parent
 WRAPPER = ROOT / "entrypoint"
@@ -592,58 +589,6 @@ def test_native_sidecar_signalled_as_soon_as_it_catches_sigterm(pod: Pod, s3: An
         assert code == 0, output
         assert pod.message()["decision"] == "put"
         assert f"{RUN}/.catalog-agent/manifests/{step}.json" in keys(s3, bucket)
-
-
-def test_native_sidecar_whose_sigterm_was_lost_still_puts(pod: Pod, s3: Any, bucket: str
-                                                           ) -> None:
-    """As the container's PID 1, a SIGTERM that comes while the interpreter starts (before the
-    launcher's handler) is discarded by the kernel, and the kubelet sends no other: the main's
-    exit code there, its heartbeat still, and no signal for CUE_LOST_SECONDS is the cue. A
-    SIGTERM that comes after all is the late cue, not a stop."""
-    assert subprocess.run(["sh", str(WRAPPER), "--", "true"], env=pod.env,
-                          timeout=30).returncode == 0
-    (pod.data / "out.txt").write_text("result")
-    started = time.monotonic()
-    sidecar = _sidecar(pod, "**")
-    until_event(sidecar, "no SIGTERM came", timeout=lifecycle.CUE_LOST_SECONDS + 60)
-    assert time.monotonic() - started >= lifecycle.CUE_LOST_SECONDS
-    sidecar.send_signal(signal.SIGTERM)  # the cue, late: absorbed whenever it lands
-    code, output = finish(sidecar, timeout=60)
-    assert code == 0, output
-    message = pod.message()
-    assert (message["decision"], message["main_exit_code"]) == ("put", 0), message
-    assert f"{RUN}/out.txt" in keys(s3, bucket) and MANIFEST in keys(s3, bucket)
-
-
-def test_an_exit_code_planted_while_the_heartbeat_beats_is_no_lost_cue(pod: Pod, s3: Any,
-                                                                       bucket: str) -> None:
-    """A step that writes an exit code itself while it runs must not start the sidecar's put:
-    the wrapper's heartbeat goes on, so the sidecar waits for its SIGTERM."""
-    sidecar = _sidecar(pod, "--when", "always", "**")
-    until_event(sidecar, "waiting for SIGTERM")
-    main = pod.main(0, delay=lifecycle.CUE_LOST_SECONDS + 8)
-    wait_for(lambda: (pod.data / "started").exists())
-    (pod.status / "exit-code").write_text("0\n")  # the hostile step's doing
-    time.sleep(lifecycle.CUE_LOST_SECONDS + 3)
-    assert sidecar.poll() is None, "a planted exit code started the put while the step runs"
-    assert keys(s3, bucket) == []
-    assert main.wait(timeout=60) == 0
-    sidecar.send_signal(signal.SIGTERM)
-    code, output = finish(sidecar)
-    assert code == 0, output
-    assert f"{RUN}/out.txt" in keys(s3, bucket)
-    assert "no SIGTERM came" not in output
-
-
-def test_a_late_cue_is_absorbed_and_a_second_signal_stops() -> None:
-    cancel = threading.Event()
-    stop = lifecycle.late_cue_absorbed(cancel)
-    cancel.set()  # the kubelet's SIGTERM, late
-    wait_for(lambda: not cancel.is_set())
-    time.sleep(0.2)
-    assert not stop.is_set()
-    cancel.set()  # a second signal: a real request to stop
-    assert stop.wait(10)
 
 
 def test_the_signal_handlers_come_before_any_other_import() -> None:
