@@ -17,6 +17,8 @@ What it does, in the kubelet's order:
   ``restartPolicy: Always``) is started and left running, and the next init container starts;
 - then all main containers at once; when they have all exited, SIGTERM to the native sidecars in
   reverse order, SIGKILL after what is left of ``terminationGracePeriodSeconds`` (default 30);
+- a native sidecar's exec ``startupProbe`` runs (``podman exec``) until it passes before the
+  next container starts, as the kubelet does; one that never passes fails the pod;
 - ``env`` (``value``, ``configMapKeyRef``, ``secretKeyRef``, ``fieldRef``) over ``envFrom``
   (``configMapRef``, ``secretRef``, ``prefix``), with ``$(VAR)`` expansion in env values,
   command and args; ``command`` replaces the image's entrypoint and drops its CMD, ``args``
@@ -30,8 +32,8 @@ What it does, in the kubelet's order:
   /dev/termination-log), read back after the container exits (``FallbackToLogsOnError`` too).
 
 Differences from a kubelet, on purpose: every container shares the host's network (so a test's
-S3 server on loopback is reachable), images are never pulled (``--pull=never``), probes and
-resources are ignored, and a container that exits is never restarted (a sidecar that exits early
+S3 server on loopback is reachable), images are never pulled (``--pull=never``), other probes
+and resources are ignored, and a container that exits is never restarted (a sidecar that exits early
 is reported with ``exited_early``).
 """
 
@@ -79,6 +81,7 @@ class ContainerStatus:
     started: bool = False
     exited_early: bool = False
     signalled: str = ""
+    probes: int = 0  # startup probe runs (a native sidecar's)
 
     @property
     def output(self) -> str:
@@ -212,6 +215,10 @@ class PodRunner:
                 result.containers.append(status)
                 podman_name = self._start(container, status, result)
                 sidecars.append((podman_name, status))
+                if not self._started(podman_name, container, status):
+                    result.phase, result.reason = "Failed", f"{status.name}: {status.message}"
+                    self._stop_sidecars(sidecars, spec)
+                    return
                 continue
             status = ContainerStatus(container["name"], INIT)
             result.containers.append(status)
@@ -234,6 +241,31 @@ class PodRunner:
         result.phase = "Failed" if failed else "Succeeded"
         if failed:
             result.reason = f"containers failed: {', '.join(failed)}"
+
+    def _started(self, podman_name: str, container: dict[str, Any],
+                 status: ContainerStatus) -> bool:
+        """A native sidecar's exec ``startupProbe``, as the kubelet runs it before it starts the
+        next container: every ``periodSeconds`` until it passes, at most ``failureThreshold``
+        times (a kubelet would then restart the container; here the pod fails)."""
+        probe = container.get("startupProbe")
+        if not probe:
+            return True
+        if set(probe) - {"exec", "periodSeconds", "failureThreshold", "initialDelaySeconds",
+                         "timeoutSeconds", "successThreshold"}:
+            raise ConfigError(f"{status.name}: only exec startup probes are run")
+        time.sleep(float(probe.get("initialDelaySeconds", 0)))
+        for _ in range(int(probe.get("failureThreshold", 3))):
+            done = podman("exec", podman_name, *probe["exec"]["command"], check=False,
+                          timeout=float(probe.get("timeoutSeconds", 1)) + 30)
+            status.probes += 1
+            if done.returncode == 0:
+                return True
+            if not self._running(podman_name):
+                break
+            time.sleep(float(probe.get("periodSeconds", 10)))
+        status.reason, status.message = "StartupProbeFailed", (
+            f"startup probe failed {status.probes} times: {done.stderr.strip()[-500:]}")
+        return False
 
     def _stop_sidecars(self, sidecars: list[tuple[str, ContainerStatus]],
                        spec: dict[str, Any]) -> None:

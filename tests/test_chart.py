@@ -11,9 +11,11 @@ import copy
 import json
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -384,6 +386,7 @@ def test_native_sidecar_pod_example(helm: str, kube_validate: str, example,  # n
     assert [c["name"] for c in init] == ["catalog-get-entrypoint", "catalog-get", "catalog-put"]
     assert init[2]["restartPolicy"] == "Always"
     assert init[2]["args"][:2] == ["put", "--on-sigterm"]
+    assert init[2]["startupProbe"]["exec"]["command"][0] == "/opt/catalog-agent/bin/python"
     assert "restartPolicy" not in init[0] and "restartPolicy" not in init[1]
     assert pod["spec"]["terminationGracePeriodSeconds"] >= 60
     check_wiring(pod, docs)
@@ -844,7 +847,7 @@ def test_rendered_example_runs_get_main_put(helm: str, example, chart_image: str
     put = result.status(put_name)
     if example_name == "native-sidecar-pod":
         assert put.kind == "sidecar" and put.signalled == "SIGTERM", result.describe()
-        assert not put.exited_early
+        assert not put.exited_early and put.probes >= 1
     message = json.loads(put.message)
     assert message["command"] == "put" and message["exit_code"] == 0, put.message
     body = s3.get_object(Bucket=bucket, Key=f"pipelines/{run_id}/model/lines.txt")["Body"].read()
@@ -924,3 +927,57 @@ def test_helm_test_pod_reads_the_installed_config(helm: str, chart_image: str,  
     assert result.phase == "Succeeded", result.describe()
     logs = result.status("config").output
     assert "my-catalog.eu" in logs and "file /etc/catalog-agent/config.yaml" in logs, logs
+
+
+def startup_probe(helm: str, example) -> list[str]:  # noqa: ANN001
+    (pod,) = [d for d in workload_objects(render(helm, example("native-sidecar-pod")))
+              if d["kind"] == "Pod"]
+    (put,) = [c for c in pod["spec"]["initContainers"] if c["name"] == "catalog-put"]
+    return put["startupProbe"]["exec"]["command"]
+
+
+def test_the_native_sidecars_startup_probe_waits_for_its_sigterm_handler(
+        helm: str, example, chart_image: str, tmp_path: Path) -> None:  # noqa: ANN001
+    """The kubelet starts the main only once the sidecar's startup probe passes: it must fail
+    while PID 1 would still discard SIGTERM, and pass once put has its handler."""
+    from podman_support import RUN_FLAGS, podman
+
+    probe = startup_probe(helm, example)
+    name = f"probe-{os.getpid()}-{secrets.token_hex(3)}"
+    plain = ["run", "-d", "--rm", *RUN_FLAGS, "--name", name, "--read-only"]
+    try:  # PID 1 without a SIGTERM handler (a Python that has not installed one)
+        podman(*plain, "--entrypoint", '["/opt/catalog-agent/bin/python", "-c", '
+               '"import time; time.sleep(120)"]', chart_image)
+        assert podman("exec", name, *probe, check=False).returncode == 1
+    finally:
+        podman("rm", "-f", "-t", "0", name, check=False)
+    try:  # put --on-sigterm: passes once its handler is in
+        podman(*plain, "-e", "CATALOG_AGENT_S3_BUCKET=b", "-e", "CATALOG_AGENT_RUN_ID=r",
+               "-e", "CATALOG_AGENT_STEP=s", "-e", "CATALOG_AGENT_STATUS_DIR=/tmp",
+               chart_image, "put", "--on-sigterm", "**")
+        deadline = time.monotonic() + 60
+        while podman("exec", name, *probe, check=False).returncode != 0:
+            assert time.monotonic() < deadline, "the probe never passed"
+            time.sleep(0.2)
+    finally:
+        podman("rm", "-f", "-t", "0", name, check=False)
+
+
+def test_a_main_that_ends_at_once_beside_the_native_sidecar_is_put(
+        helm: str, example, chart_image: str, pod_runner, agent, s3_server, s3: Any,  # noqa: ANN001
+        bucket: str, tmp_path: Path) -> None:
+    """The step is done within milliseconds: the sidecar's SIGTERM follows at once, and the
+    startup probe has made sure put catches it."""
+    run_id = "run-at-once"
+    seed_run(agent, tmp_path, run_id)
+    values, secret = run_values(tmp_path, chart_image, s3_server, bucket, run_id, command=[
+        "sh", "-c", "mkdir -p /data/model && echo done > /data/model/lines.txt"])
+    docs = workload_objects(render(helm, example("native-sidecar-pod"), values))
+    result = pod_runner.run_pod(tmp_path / "pod", docs, [secret], timeout=300)
+    assert result.phase == "Succeeded", result.describe()
+    put = result.status("catalog-put")
+    assert put.probes >= 1 and put.signalled == "SIGTERM" and put.exit_code == 0, \
+        result.describe()
+    assert json.loads(put.message)["decision"] == "put", put.message
+    body = s3.get_object(Bucket=bucket, Key=f"pipelines/{run_id}/model/lines.txt")["Body"].read()
+    assert body == b"done\n"

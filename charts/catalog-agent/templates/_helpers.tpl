@@ -281,6 +281,14 @@ Public: the put container, as a list item, in one of three modes:
   args: {{ toJson $args }}
   {{- if eq $mode "native" }}
   restartPolicy: Always
+  # The kubelet starts the next containers only once this passes: when put (PID 1) catches
+  # SIGTERM. A main that ends at once then cannot get the sidecar its SIGTERM while Python is
+  # still starting, when the kernel would discard it (PID 1 without a handler).
+  startupProbe:
+    exec:
+      command: ["/opt/catalog-agent/bin/python", "-I", "-S", "-c", "import sys; s = open('/proc/1/status').read(); sys.exit(not int(s.split('SigCgt:')[1].split()[0], 16) >> 14 & 1)"]
+    periodSeconds: 1
+    failureThreshold: 120
   {{- end }}
   {{- include "catalog-agent.containerCommon" . | nindent 2 }}
 {{- end }}
