@@ -22,7 +22,6 @@ from catalog_agent.errors import EXIT_CODES, EXIT_INTERNAL, EXIT_INTERRUPTED, Ag
     ConfigError
 from catalog_agent.record import write_termination_message
 
-MAX_REFUSED_LOGGED = 1000
 DRY_RUN_HELP = ("Plan only: list what would move, be skipped or be refused and why; write "
                 "nothing anywhere (same exit codes for no match and unsafe keys).")
 EPILOG = "\b\nExit codes:\n" + "\n".join(f"  {code:>3}  {text}" for code, text in EXIT_CODES.items())
@@ -100,7 +99,7 @@ def run(command: str, body: Callable[[Config, threading.Event], dict[str, Any] |
         summary.update(getattr(exc, "summary", None) or {})  # e.g. a lifecycle put's facts
         summary["error"] = str(exc)
         if dry_run:  # the plan names every refused path, the error line the first
-            for item in getattr(exc, "refused", [])[:MAX_REFUSED_LOGGED]:
+            for item in getattr(exc, "refused", []):
                 log.info("dry-run", action="refuse", path=item.relative, reason=item.reason)
         log.error(str(exc), error_kind=exc.kind, exit_code=code)
     except KeyboardInterrupt:

@@ -6,6 +6,7 @@ the functions here turn them into a plan or a clear error, before a single byte 
 
 from __future__ import annotations
 
+import itertools
 from array import array
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
@@ -25,13 +26,31 @@ class Skipped:
     reason: str
 
 
+# A refusal keeps this many paths for a dry run to list (and counts the rest): a run of a
+# million unrecorded objects must not hold a million of them.
+REFUSALS_KEPT = 1000
+
+
 class Refused(IntegrityError):
-    """Matched paths that may not move (exit 6). The message names the first; ``refused``
-    holds them all, so that a dry run can list every one."""
+    """Matched paths that may not move (exit 6). The message names the first and counts them
+    all; ``refused`` holds the first :data:`REFUSALS_KEPT`, for a dry run to list."""
 
     def __init__(self, message: str, refused: list[Skipped]) -> None:
         super().__init__(message)
         self.refused = refused
+
+
+def _refuse(paths: Iterable[Skipped], doing: str, ending: str = "") -> None:
+    """Raise :class:`Refused` when ``paths`` holds any: "refusing <doing> '<first>': <why>
+    (and N more); <ending>"."""
+    items = iter(paths)
+    kept = list(itertools.islice(items, REFUSALS_KEPT))
+    if not kept:
+        return
+    count = len(kept) + sum(1 for _ in items)
+    more = f" (and {count - 1:,} more)" if count > 1 else ""
+    tail = f"; {ending}" if ending else ""
+    raise Refused(f"refusing {doing}{kept[0].relative!r}: {kept[0].reason}{more}{tail}", kept)
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,10 +156,8 @@ def select_put(entries: list[LocalEntry], patterns: list[Pattern], *, allow_miss
     files: list[LocalEntry] = []
     skipped: list[Skipped] = []
     chosen = _select(by_path, patterns, allow_missing=allow_missing, where=where)
-    refused = [Skipped(r, by_path[r].kind) for r in chosen
-               if strict_links and by_path[r].kind in UNSAFE_LINKS]
-    if refused:
-        raise Refused(f"refusing to put {refused[0].relative!r}: {refused[0].reason}", refused)
+    _refuse((Skipped(r, by_path[r].kind) for r in chosen
+             if strict_links and by_path[r].kind in UNSAFE_LINKS), "to put ")
     for relative in chosen:
         entry = by_path[relative]
         reason = unsafe_reason(relative)
@@ -176,11 +193,7 @@ def plan_put(files: list[LocalEntry], key_of: Callable[[str], str], *,
                                                    f"store may hold"))
             continue
         items.append(PutItem(entry, key))
-    if refused:
-        first = refused[0]
-        more = f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""
-        raise Refused(f"refusing to put {first.relative!r}: {first.reason}{more}; nothing was "
-                      f"sent", refused)
+    _refuse(refused, "to put ", "nothing was sent")
     return items
 
 
@@ -196,19 +209,12 @@ def select_get(state: RunState, patterns: list[Pattern], *, allow_missing: bool,
     """What a get fetches; any matched key that could leave the data folder stops it (exit 6),
     and with ``strict_verify`` so does any object with no recorded hash to check it against."""
     chosen = _select_rows(state.names, patterns, allow_missing=allow_missing, where=where)
-    refused = [Skipped(state.key(state.names[row]), reason) for row in chosen
-               if (reason := unsafe_reason(state.names[row]))]
-    if refused:
-        raise Refused(f"refusing key {refused[0].relative!r}: {refused[0].reason}; nothing was "
-                      f"written", refused)
+    _refuse((Skipped(state.key(state.names[row]), reason) for row in chosen
+             if (reason := unsafe_reason(state.names[row]))), "key ", "nothing was written")
     if strict_verify:
-        unrecorded = [Skipped(state.key(state.names[row]), "no manifest, run log or object "
-                              "metadata records its hash, and strict_verify is on")
-                      for row in chosen if state.sha256(row) is None]
-        if unrecorded:  # every one listed (a dry run shows them all), the first named here
-            more = f" (and {len(unrecorded) - 1} more)" if len(unrecorded) > 1 else ""
-            raise Refused(f"refusing {unrecorded[0].relative!r}: {unrecorded[0].reason}{more}; "
-                          f"nothing was written", unrecorded)
+        _refuse((Skipped(state.key(state.names[row]), "no manifest, run log or object metadata "
+                         "records its hash, and strict_verify is on")
+                 for row in chosen if state.sha256(row) is None), "", "nothing was written")
     return GetPlan(state, chosen)
 
 
@@ -246,11 +252,8 @@ def plan_sync(source: RunState, target_prefix: str) -> tuple[Iterator[CopyItem],
     """Server-side copies of every data object of one run into another run: (the copies, made
     one at a time, their count, their bytes). Any key that could leave a data folder stops it
     before anything is copied."""
-    refused = [Skipped(source.key(name), reason) for name in source.names
-               if (reason := unsafe_reason(name))]
-    if refused:
-        raise Refused(f"refusing to copy key {refused[0].relative!r}: {refused[0].reason}",
-                      refused)
+    _refuse((Skipped(source.key(name), reason) for name in source.names
+             if (reason := unsafe_reason(name))), "to copy key ")
     copies = (CopyItem(source.key(name), target_prefix + name, source.sizes[row])
               for row, name in enumerate(source.names))
     return copies, len(source.names), sum(source.sizes)

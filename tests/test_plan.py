@@ -78,6 +78,16 @@ def test_strict_verify_refuses_an_object_with_no_recorded_hash() -> None:
                                strict_verify=True)) == 1
 
 
+def test_a_refusal_counts_every_path_and_keeps_the_first_thousand() -> None:
+    """A million unrecorded objects must not become a million refusal records."""
+    names = {f"f{n:05}": 1 for n in range(plan.REFUSALS_KEPT + 500)}
+    with pytest.raises(plan.Refused) as refused:
+        plan.select_get(state(names), parse(["**"]), allow_missing=False, where="w",
+                        strict_verify=True)
+    assert "'p/run/f00000'" in str(refused.value) and "(and 1,499 more)" in str(refused.value)
+    assert len(refused.value.refused) == plan.REFUSALS_KEPT
+
+
 def test_select_put_skips_links_and_special_files_unless_strict() -> None:
     entries = [entry("ok"), entry("link", LINK_OUTSIDE), entry("fifo", SPECIAL)]
     files, skipped = plan.select_put(entries, parse(["**"]), allow_missing=False,
