@@ -247,6 +247,8 @@ class _Walk:
                 _make_folder(self.fd, name)
                 st = os.stat(name, dir_fd=self.fd, follow_symlinks=False)
             except OSError as exc:  # e.g. a volume's root of another uid, or read-only
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):  # swapped for a link meanwhile
+                    raise _folder_error(self.named, where, exc, _kind(self.fd, name)) from None
                 raise TransferError(f"cannot create {self.named}: {where}: "
                                     f"{exc.strerror or exc}") from None
         except OSError as exc:  # a folder on the way the agent may not search

@@ -57,6 +57,13 @@ def _loadable(bundle: str, named: str) -> str:
     Secret mounted under the wrong key would otherwise fail deep in the first connection,
     as an internal error, without naming the file."""
     try:
+        with open(bundle, "rb"):
+            pass
+    except OSError as exc:  # e.g. a Secret mounted 0400 for another uid
+        raise ConfigError(f"{named} cannot be read: {exc.strerror or exc}",
+                          hint="the agent's uid must be able to read the CA bundle (a Secret's "
+                               "defaultMode, or fsGroup)") from None
+    try:
         ssl.create_default_context(cafile=bundle)
     except (ssl.SSLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or str(exc)

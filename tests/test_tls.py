@@ -307,3 +307,26 @@ def test_no_ca_variable_reaches_the_agent_in_these_tests(tmp_path: Path) -> None
     leaked = sorted(k for k, v in env.items() if k in os.environ and os.environ[k] == v
                     and v.endswith((".crt", ".pem", "/certs")))
     assert leaked == []
+
+
+def test_an_unreadable_bundle_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Secret mounted 0400 for another uid: named as unreadable, not as 'not a CA bundle'.
+    (The tests run as root, who reads any file: the refusal is played by open.)"""
+    import builtins
+
+    from catalog_agent import tls
+    from catalog_agent.errors import ConfigError
+
+    bundle = tmp_path / "ca.pem"
+    bundle.write_text("")
+    real_open = builtins.open
+
+    def refused(file, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        if str(file) == str(bundle):
+            raise PermissionError(13, "Permission denied")
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", refused)
+    with pytest.raises(ConfigError, match=r"AWS_CA_BUNDLE .*ca.pem cannot be read: Permission "
+                                          r"denied"):
+        tls._loadable(str(bundle), f"AWS_CA_BUNDLE {bundle}")
