@@ -98,7 +98,7 @@ def run(command: str, body: Callable[[Config, threading.Event], dict[str, Any] |
         code = exc.exit_code
         summary.update(getattr(exc, "summary", None) or {})  # e.g. a lifecycle put's facts
         summary["error"] = str(exc)
-        if dry_run:  # the plan names every refused path, the error line the first
+        if dry_run:  # the plan lists the refused paths (up to 1,000), the error line the first
             for item in getattr(exc, "refused", []):
                 log.info("dry-run", action="refuse", path=item.relative, reason=item.reason)
         log.error(str(exc), error_kind=exc.kind, exit_code=code)

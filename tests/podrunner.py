@@ -246,7 +246,8 @@ class PodRunner:
                  status: ContainerStatus) -> bool:
         """A native sidecar's exec ``startupProbe``, as the kubelet runs it before it starts the
         next container: every ``periodSeconds`` until it passes, at most ``failureThreshold``
-        times (a kubelet would then restart the container; here the pod fails)."""
+        times (a kubelet would then restart the container; here the pod fails). Its
+        ``timeoutSeconds`` is not enforced: ``podman exec``'s own start would count against it."""
         probe = container.get("startupProbe")
         if not probe:
             return True

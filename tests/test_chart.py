@@ -981,3 +981,19 @@ def test_a_main_that_ends_at_once_beside_the_native_sidecar_is_put(
     assert json.loads(put.message)["decision"] == "put", put.message
     body = s3.get_object(Bucket=bucket, Key=f"pipelines/{run_id}/model/lines.txt")["Body"].read()
     assert body == b"done\n"
+
+
+@pytest.mark.parametrize("status, passes", [
+    ("Name:\tpython\nSigCgt:\t0000000000000000\n", False),  # no handler yet: would discard
+    ("Name:\tpython\nSigCgt:\t0000000180004002\n", True),  # SIGTERM (bit 14) caught
+    ("Name:\tpython\nSigCgt:\t0000000180000002\n", False),  # SIGINT only
+    ("Name:\tpython\nState:\tS (sleeping)\n", True),  # gVisor: no SigCgt line, never blocks
+])
+def test_the_startup_probes_reading_of_proc_status(helm: str, example, tmp_path: Path,  # noqa: ANN001
+                                                    status: str, passes: bool) -> None:
+    command = startup_probe(helm, example)
+    code = command[-1].replace("/proc/1/status", str(tmp_path / "status"))
+    (tmp_path / "status").write_text(status)
+    done = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True,
+                          text=True, timeout=30)
+    assert (done.returncode == 0) is passes, done.stderr

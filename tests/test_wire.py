@@ -158,7 +158,8 @@ def test_adaptive_mode_slows_the_agent_down_after_throttling(agent, s3_server,
     botocore's floor of 0.5), from where it grows again as a cubic of the time since. Counted
     where the requests arrive: in the 2 s after the first SlowDown, 12 PUT attempts at the very
     most (the 4 throttled, then fewer than 9 tokens), 5 usually; a client that sends without
-    the limiter's tokens sends all 44 within about half a second. A busy machine sends fewer,
+    the limiter's tokens sends all of them (44, and the manifest's: 45 seen) within about half
+    a second. A busy machine sends fewer,
     never more, in those 2 s: the bound cannot flake that way.
     """
     from faultproxy import FaultProxy, Rule

@@ -283,10 +283,11 @@ Public: the put container, as a list item, in one of three modes:
   restartPolicy: Always
   # The kubelet starts the next containers only once this passes: when put (PID 1) catches
   # SIGTERM. A main that ends at once then cannot get the sidecar its SIGTERM while Python is
-  # still starting, when the kernel would discard it (PID 1 without a handler).
+  # still starting, when the kernel would discard it (PID 1 without a handler). A kernel that
+  # shows no SigCgt (gVisor) lets it pass at once: the window is then open, as without it.
   startupProbe:
     exec:
-      command: ["/opt/catalog-agent/bin/python", "-I", "-S", "-c", "import sys; s = open('/proc/1/status').read(); sys.exit(not int(s.split('SigCgt:')[1].split()[0], 16) >> 14 & 1)"]
+      command: ["/opt/catalog-agent/bin/python", "-I", "-S", "-c", "import sys; s = open('/proc/1/status').read(); sys.exit('SigCgt:' in s and not int(s.split('SigCgt:')[1].split()[0], 16) >> 14 & 1)"]
     periodSeconds: 1
     failureThreshold: 120
   {{- end }}
