@@ -825,22 +825,33 @@ def keys_under(s3: Any, bucket: str, prefix: str) -> list[str]:
     return sorted(item["Key"] for item in listed.get("Contents", []))
 
 
+@pytest.fixture
+def run_example(helm: str, example, chart_image: str, pod_runner, agent, s3_server,  # noqa: ANN001, ANN201
+                bucket: str, tmp_path: Path):
+    """``run_example(name, run_id, command=..., main_image=...)``: the run's inputs put (as an
+    earlier step would), the example rendered against the session's SeaweedFS, its pod run."""
+    def run(name: str, run_id: str, *, command: list[str] | None = None,
+            main_image: str = "") -> Any:
+        seed_run(agent, tmp_path, run_id)
+        values, secret = run_values(tmp_path, chart_image, s3_server, bucket, run_id,
+                                    command=command, main_image=main_image)
+        docs = workload_objects(render(helm, example(name), values))
+        return pod_runner.run_pod(tmp_path / "pod", docs, [secret], timeout=300)
+
+    return run
+
+
 @pytest.mark.parametrize("example_name, put_name", [("job", "catalog-put"),
                                                    ("native-sidecar-pod", "catalog-put")])
-def test_rendered_example_runs_get_main_put(helm: str, example, chart_image: str,  # noqa: ANN001
-                                            pod_runner, agent, s3_server, s3: Any,
-                                            bucket: str, tmp_path: Path, example_name: str,
-                                            put_name: str) -> None:
+def test_rendered_example_runs_get_main_put(run_example, s3: Any, bucket: str,  # noqa: ANN001
+                                            example_name: str, put_name: str) -> None:
     """The job's main is a step image running as root (the base image), as most are: the
     pod-level runAsNonRoot the chart gave kept it from starting (CreateContainerConfigError)."""
     from podman_support import BASE_IMAGE
 
     run_id = f"run-{example_name}"
-    seed_run(agent, tmp_path, run_id)
-    values, secret = run_values(tmp_path, chart_image, s3_server, bucket, run_id,
-                                main_image=BASE_IMAGE if example_name == "job" else "")
-    docs = workload_objects(render(helm, example(example_name), values))
-    result = pod_runner.run_pod(tmp_path / "pod", docs, [secret], timeout=300)
+    result = run_example(example_name, run_id,
+                         main_image=BASE_IMAGE if example_name == "job" else "")
     assert result.phase == "Succeeded", result.describe()
     for status in result.containers:
         assert status.exit_code == 0, result.describe()
@@ -858,15 +869,11 @@ def test_rendered_example_runs_get_main_put(helm: str, example, chart_image: str
     assert get["command"] == "get" and get["files"] == 1, get
 
 
-def test_rendered_job_with_a_failing_step_puts_nothing(helm: str, example, chart_image: str,  # noqa: ANN001
-                                                       pod_runner, agent, s3_server, s3: Any,
-                                                       bucket: str, tmp_path: Path) -> None:
+def test_rendered_job_with_a_failing_step_puts_nothing(run_example, s3: Any,  # noqa: ANN001
+                                                       bucket: str) -> None:
     run_id = "run-failing"
-    seed_run(agent, tmp_path, run_id)
-    values, secret = run_values(tmp_path, chart_image, s3_server, bucket, run_id, command=[
+    result = run_example("job", run_id, command=[
         "sh", "-c", "mkdir -p /data/model && echo partial > /data/model/lines.txt && exit 3"])
-    docs = workload_objects(render(helm, example("job"), values))
-    result = pod_runner.run_pod(tmp_path / "pod", docs, [secret], timeout=300)
     assert result.phase == "Failed", result.describe()
     assert result.status("main").exit_code == 3, result.describe()
     put = result.status("catalog-put")
@@ -964,16 +971,12 @@ def test_the_native_sidecars_startup_probe_waits_for_its_sigterm_handler(
 
 
 def test_a_main_that_ends_at_once_beside_the_native_sidecar_is_put(
-        helm: str, example, chart_image: str, pod_runner, agent, s3_server, s3: Any,  # noqa: ANN001
-        bucket: str, tmp_path: Path) -> None:
+        run_example, s3: Any, bucket: str) -> None:  # noqa: ANN001
     """The step is done within milliseconds: the sidecar's SIGTERM follows at once, and the
     startup probe has made sure put catches it."""
     run_id = "run-at-once"
-    seed_run(agent, tmp_path, run_id)
-    values, secret = run_values(tmp_path, chart_image, s3_server, bucket, run_id, command=[
+    result = run_example("native-sidecar-pod", run_id, command=[
         "sh", "-c", "mkdir -p /data/model && echo done > /data/model/lines.txt"])
-    docs = workload_objects(render(helm, example("native-sidecar-pod"), values))
-    result = pod_runner.run_pod(tmp_path / "pod", docs, [secret], timeout=300)
     assert result.phase == "Succeeded", result.describe()
     put = result.status("catalog-put")
     assert put.probes >= 1 and put.signalled == "SIGTERM" and put.exit_code == 0, \

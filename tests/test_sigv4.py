@@ -36,7 +36,6 @@ import base64
 import dataclasses
 import datetime
 import hashlib
-import ipaddress
 import os
 from typing import Any, Iterator
 from unittest import mock
@@ -330,14 +329,6 @@ def botocore_request(endpoint: str, style: str, region: str, creds: tuple[str, s
 
 # --- the comparison ---
 
-def is_ip(host: str | None) -> bool:
-    try:
-        ipaddress.ip_address(host or "")
-    except ValueError:
-        return False
-    return True
-
-
 def query_pairs(query: str) -> list[str]:
     """The query's encoded ``name=value`` pairs, as a sorted list (``uploads`` as ``uploads=``);
     compared encoded, so that a value encoded otherwise (``+`` for a space) would differ."""
@@ -378,7 +369,7 @@ def test_requests_equal_botocores(wire_capture: tuple[RawServer, Script], case: 
                                   creds: tuple[str, str, str | None], region: str) -> None:
     if style == "virtual":  # botocore's own mistakes there (see the docstring)
         assume("@" not in endpoint)
-        assume(not ("." in case.bucket and is_ip(urlsplit(endpoint).hostname)))
+        assume(not ("." in case.bucket and wire._is_ip(urlsplit(endpoint).hostname)))
     server, script = wire_capture
     script.token, script.upload_marker = case.token, case.upload_marker
     where = wire.endpoint(endpoint, region=region, bucket=case.bucket, addressing_style=style,

@@ -65,7 +65,7 @@ def endpoint(url: str, *, region: str, bucket: str, addressing_style: str,
     if not url:
         url = _aws_endpoint(region, fips=fips, dualstack=dualstack,
                             us_east_1=env.get("AWS_S3_US_EAST_1_REGIONAL_ENDPOINT"))
-        virtual = addressing_style != "path" and _dns_compatible(bucket)
+        virtual = addressing_style != "path" and _virtual_hostable(bucket, dots=False)
     else:
         # botocore's S3 endpoint rules refuse both with a custom endpoint: say so at once.
         for variable, on in (("AWS_USE_FIPS_ENDPOINT", fips),
@@ -329,14 +329,11 @@ def _is_ip(host: str | None) -> bool:
     return True
 
 
-def _dns_compatible(bucket: str) -> bool:
-    return bool(re.fullmatch(r"[a-z0-9][a-z0-9-]{1,61}[a-z0-9]", bucket))
-
-
 def _virtual_hostable(bucket: str, *, dots: bool) -> bool:
-    """Whether botocore's S3 endpoint rules put ``bucket`` in the host name of a custom
-    endpoint (``aws.isVirtualHostableS3Bucket``): 3 characters or more, lowercase, not an
-    IPv4 address, and a host label (each dot-separated label of it, over http)."""
+    """Whether botocore's S3 endpoint rules put ``bucket`` in the host name
+    (``aws.isVirtualHostableS3Bucket``): 3 characters or more, lowercase, not an IPv4 address,
+    and a host label (each dot-separated label of it with ``dots``: a custom endpoint over
+    http; AWS's own endpoints and https keep a dotted name in the path)."""
     if len(bucket) < 3 or bucket != bucket.lower() or \
             re.fullmatch(r"(?:[0-9]{1,3}\.){3}[0-9]{1,3}", bucket):
         return False
