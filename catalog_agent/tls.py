@@ -64,7 +64,7 @@ def _loadable(bundle: str, named: str) -> str:
                           hint="the agent's uid must be able to read the CA bundle (a Secret's "
                                "defaultMode, or fsGroup)") from None
     try:
-        ssl.create_default_context(cafile=bundle)
+        client_context(bundle)  # the context the agent's own connections then use
     except (ssl.SSLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or str(exc)
         raise ConfigError(f"{named} is not a CA bundle: {str(reason).lower().replace('_', ' ')}",
@@ -72,6 +72,19 @@ def _loadable(bundle: str, named: str) -> str:
                                "blocks (a DER certificate converts with: openssl x509 "
                                "-inform der -in ca.der -out ca.pem)") from None
     return bundle
+
+
+@functools.cache
+def client_context(verify: bool | str) -> ssl.SSLContext:
+    """The agent's own connections' TLS, checked against ``verify`` (a CA bundle; botocore's
+    own when True) or unchecked (False): loaded once per process, however many clients."""
+    if verify is False:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        return context
+    return ssl.create_default_context(
+        cafile=verify if isinstance(verify, str) else default_bundle())
 
 
 @functools.cache

@@ -148,9 +148,9 @@ class S3Client:
         self._credentials = credentials
         self._on_retry = on_retry
         self._skew_logged = False
-        self._ssl = _ssl_context(verify) if where.scheme == "https" else None
+        self._ssl = tls.client_context(verify) if where.scheme == "https" else None
         self._proxy = proxies.for_endpoint(where.scheme, where.service or where.host)
-        self._proxy_ssl = _ssl_context(verify) if self._proxy is not None and \
+        self._proxy_ssl = tls.client_context(verify) if self._proxy is not None and \
             self._proxy.scheme == "https" else None  # TLS to the proxy: the same trust
         self._idle: list[_Connection] = []
         self._all: set[_Connection] = set()
@@ -813,17 +813,6 @@ async def _blocks(connection: _Connection, size: int) -> AsyncIterator[bytes]:
         connection.received(len(block))
         left -= len(block)
         yield block
-
-
-def _ssl_context(verify: bool | str) -> ssl.SSLContext:
-    """TLS checked against ``verify`` (a CA bundle; botocore's own when True), or unchecked."""
-    if verify is False:
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-        return context
-    return ssl.create_default_context(
-        cafile=verify if isinstance(verify, str) else tls.default_bundle())
 
 
 def _write(connection: _Connection, data: bytes) -> None:
