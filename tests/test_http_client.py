@@ -787,3 +787,122 @@ def test_the_cli_puts_and_gets_through_the_proxy(tls_s3_server: devserver.Seawee
         assert (tmp_path / "in" / name).read_bytes() == data
     authority = tls_s3_server.https_endpoint.split("://")[1]
     assert proxy.seen and all(seen[:2] == ("CONNECT", authority) for seen in proxy.seen)
+
+
+# --- 10. long bodies received into the connection's own buffer ---
+
+
+def test_the_body_buffer_keeps_the_order_of_the_bytes() -> None:
+    """Driven as a transport drives it (get_buffer, then buffer_updated): bytes that come
+    while a body read waits land in the body buffer; once it is full, or while nobody waits,
+    they go to the reader, which is read first next time. Nothing is lost or reordered."""
+    from catalog_agent.stores.buffered import BodyProtocol
+
+    def arrive(protocol: BodyProtocol, data: bytes) -> None:
+        while data:
+            space = protocol.get_buffer(-1)
+            size = min(len(space), len(data))
+            space[:size] = data[:size]
+            protocol.buffer_updated(size)
+            data = data[size:]
+
+    async def main() -> list[tuple[str, bytes]]:
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=64 * 1024, loop=loop)
+        protocol = BodyProtocol(reader, loop)
+        got: list[tuple[str, bytes]] = []
+        arrive(protocol, b"head:")  # nobody waits: the reader has it
+        got.append(("reader", await reader.readexactly(5)))
+        waiting = asyncio.ensure_future(protocol.receive(8))
+        await asyncio.sleep(0)
+        arrive(protocol, b"0123456789abc")  # 8 fit the waiting read, 5 go to the reader
+        block = await waiting
+        assert isinstance(block, memoryview)
+        got.append(("body", bytes(block)))
+        got.append(("reader", await reader.read(100)))
+        waiting = asyncio.ensure_future(protocol.receive(8))
+        await asyncio.sleep(0)
+        protocol.eof_received()
+        got.append(("body", bytes(await waiting)))
+        return got
+
+    assert asyncio.run(main()) == [("reader", b"head:"), ("body", b"01234567"),
+                                   ("reader", b"89abc"), ("body", b"")]
+
+
+def test_a_body_read_that_waits_sees_a_lost_connection() -> None:
+    from catalog_agent.stores.buffered import BodyProtocol
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(loop=loop)
+        protocol = BodyProtocol(reader, loop)
+        waiting = asyncio.ensure_future(protocol.receive(1024))
+        await asyncio.sleep(0)
+        protocol.connection_lost(ConnectionResetError("reset by peer"))
+        with pytest.raises(ConnectionResetError, match="reset by peer"):
+            await asyncio.wait_for(waiting, 5)
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
+def test_a_long_body_arrives_whole_through_the_body_buffer(
+        tls: bool, s3_server: devserver.SeaweedServer, bucket: str, s3,  # noqa: ANN001
+        tls_s3_server: devserver.SeaweedServer, tls_bucket: str,  # noqa: F811
+        pki: TestPki) -> None:  # noqa: F811
+    """A GET of 5 MiB from SeaweedFS, plain and over TLS: the sink is handed views of the
+    connection's buffer (no copies), every byte arrives in order, and the connection is
+    reused for the next GET."""
+    import boto3
+
+    body = os.urandom(5 * MiB + 123)
+    if tls:
+        server, name, options = tls_s3_server, tls_bucket, {
+            "https": tls_s3_server.https_endpoint, "verify": str(pki.ca)}
+        boto3.client("s3", endpoint_url=server.endpoint, aws_access_key_id=server.access_key,
+                     aws_secret_access_key=server.secret_key, region_name="us-east-1"
+                     ).put_object(Bucket=name, Key="long", Body=body)
+    else:
+        server, name, options = s3_server, bucket, {}
+        s3.put_object(Bucket=name, Key="long", Body=body)
+    kinds: set[type] = set()
+
+    async def work(client: S3Client) -> list[bytes]:
+        copies = []
+        for _ in range(2):
+            got = bytearray()
+
+            def sink(block: bytes | memoryview) -> None:
+                kinds.add(type(block))
+                got.extend(block)
+
+            await client.get("long", sink)
+            copies.append(bytes(got))
+        assert len(client._all) == 1  # one connection carried both
+        return copies
+
+    copies = run(work, seaweed_client(server, name, **options))
+    assert copies == [body, body]
+    assert memoryview in kinds
+
+
+def test_a_long_body_cut_short_hands_on_exactly_what_came() -> None:
+    """The server sends 600 KiB of a 1 MiB body, then closes: a BodyCut, and the sink has
+    exactly those bytes, once."""
+    sent = os.urandom(600 * 1024)
+
+    def respond(exchange: Exchange) -> None:
+        exchange.send(b"HTTP/1.1 200 OK\r\nContent-Length: 1048576\r\n\r\n")
+        for start in range(0, len(sent), 100 * 1024):
+            exchange.send(sent[start:start + 100 * 1024])
+            time.sleep(0.01)
+        exchange.close()
+
+    got = bytearray()
+    with RawServer(respond) as server:
+        with pytest.raises(BodyCut):
+            run(lambda client: client.get("k", got.extend), client_for(server.endpoint,
+                                                                        attempts=3))
+    assert bytes(got) == sent
+    assert len(server.requests) == 1

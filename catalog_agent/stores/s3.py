@@ -510,7 +510,7 @@ class S3Store:
             digest = hashlib.sha256()
             written = [0]
 
-            def sink(block: bytes) -> None:
+            def sink(block: bytes | memoryview) -> None:
                 if written[0] + len(block) > size:  # never more than was listed to the disk
                     raise TransferError(f"download s3://{self.bucket}/{key} failed: the object "
                                         f"is larger than the {size} bytes listed (it changed "
@@ -610,7 +610,7 @@ class S3Store:
         async def fetch(attempt: int) -> tuple[str, StoredObject]:
             offset = [start]
 
-            def sink(block: bytes) -> None:
+            def sink(block: bytes | memoryview) -> None:
                 _pwrite_all(fd, block, offset[0])
                 offset[0] += len(block)
 
@@ -698,7 +698,7 @@ def _hash_range(digest: Any, fd: int, start: int, end: int) -> None:
         offset += len(block)
 
 
-def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
     view = memoryview(data)
     while view:
         written = os.pwrite(fd, view, offset)

@@ -38,7 +38,7 @@ from typing import AsyncIterator, Callable
 from catalog_agent import __version__, tls
 from catalog_agent.errors import (AgentError, ConfigError, FileChanged, IntegrityError,
                                   Interrupted, TransferError)
-from catalog_agent.stores import http1, proxies, sigv4, wire
+from catalog_agent.stores import buffered, http1, proxies, sigv4, wire
 from catalog_agent.stores.http1 import ProtocolError
 from catalog_agent.stores.retries import SKEW, THROTTLING, RetryPolicy
 from catalog_agent.stores.wire import CredentialSource, Endpoint, Payload
@@ -54,6 +54,7 @@ COMPLETE_DEADLINE_BASE = 15 * 60.0
 HAPPY_EYEBALLS_DELAY = 0.25  # RFC 8305: the next address after this long, not the next timeout
 EARLY_ANSWER_WAIT = 2.0  # after a failed send: how long to look for the server's answer
 BLOCK = 256 * 1024
+DIRECT_SIZE = 64 * 1024  # a body this long is received into its connection's buffer
 # After SIGTERM, how long a body already on the wire may take to finish before it is cut: a
 # body cut mid-send may still be stored by the server after the abort that follows (S3: parts
 # in progress "might or might not succeed"), leaving an upload nobody aborts.
@@ -92,6 +93,7 @@ class Reply:
 class _Connection:
     reader: asyncio.StreamReader
     writer: asyncio.StreamWriter
+    protocol: buffered.BodyProtocol
     busy: bool = False
     unread: bool = False  # a body left partly unread: not reusable
     last: float = field(default_factory=time.monotonic)
@@ -122,8 +124,9 @@ class _Connection:
             pass
 
 
-# Receives each block of a successful response body; may raise to stop the transfer.
-Sink = Callable[[bytes], None]
+# Receives each block of a successful response body; may raise to stop the transfer. The
+# block may be a view of a buffer that the next block overwrites: it is valid during the call.
+Sink = Callable[[bytes | memoryview], None]
 
 
 class S3Client:
@@ -590,7 +593,7 @@ class S3Client:
         would retry: the sink may have seen part of the body, and a retry inside would hand
         it the same bytes again. The caller picks the body up where it broke.
         """
-        body = self._body(connection, frame)
+        body = self._body(connection, frame, borrow=sink is not None)
         handed = 0
         while True:
             try:
@@ -635,11 +638,12 @@ class S3Client:
                 break
         return b"".join(blocks)
 
-    async def _body(self, connection: _Connection, frame: http1.Framing
-                    ) -> AsyncIterator[bytes]:
+    async def _body(self, connection: _Connection, frame: http1.Framing, borrow: bool = False
+                    ) -> AsyncIterator[bytes | memoryview]:
+        """The body's blocks; with ``borrow``, a block may be a view valid until the next."""
         reader = connection.reader
         if frame.kind == "length":
-            async for block in _blocks(connection, frame.length):
+            async for block in _blocks(connection, frame.length, borrow):
                 yield block
         elif frame.kind == "close":  # no length: the body ends when the server closes
             while True:
@@ -677,7 +681,7 @@ class S3Client:
                 return connection
             self._forget(connection)  # closed meanwhile, or sent what nobody asked for
         reader, writer = await self._open()
-        connection = _Connection(reader, writer, busy=True)
+        connection = _Connection(reader, writer, buffered.protocol_of(writer), busy=True)
         self._all.add(connection)
         return connection
 
@@ -694,14 +698,12 @@ class S3Client:
     async def _dial(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         proxy, where = self._proxy, self.where
         if proxy is None:
-            return await asyncio.open_connection(
-                where.hostname, where.port, ssl=self._ssl, limit=HEAD_LIMIT,
-                server_hostname=where.hostname if self._ssl else None,
+            return await buffered.open_connection(
+                where.hostname, where.port, ssl_context=self._ssl, limit=HEAD_LIMIT,
                 happy_eyeballs_delay=HAPPY_EYEBALLS_DELAY)
         try:
-            reader, writer = await asyncio.open_connection(
-                proxy.hostname, proxy.port, ssl=self._proxy_ssl, limit=HEAD_LIMIT,
-                server_hostname=proxy.hostname if self._proxy_ssl else None,
+            reader, writer = await buffered.open_connection(
+                proxy.hostname, proxy.port, ssl_context=self._proxy_ssl, limit=HEAD_LIMIT,
                 happy_eyeballs_delay=HAPPY_EYEBALLS_DELAY)
         except ssl.SSLError as exc:  # the proxy's own certificate: name the proxy, not S3
             refused = tls.certificate_error(exc, proxy.display)
@@ -803,11 +805,18 @@ async def _trailers(reader: asyncio.StreamReader) -> None:
             raise ProtocolError(f"trailer fields longer than {HEAD_LIMIT} bytes")
 
 
-async def _blocks(connection: _Connection, size: int) -> AsyncIterator[bytes]:
-    """The next ``size`` bytes of a connection, as they arrive; an early end is an error."""
-    left = size
+async def _blocks(connection: _Connection, size: int, borrow: bool = False
+                  ) -> AsyncIterator[bytes | memoryview]:
+    """The next ``size`` bytes of a connection, as they arrive; an early end is an error.
+    With ``borrow``, bodies of DIRECT_SIZE or more are received into the connection's own
+    buffer (:mod:`.buffered`) whenever the reader holds nothing, and handed on as views."""
+    left, reader = size, connection.reader
+    borrow = borrow and size >= DIRECT_SIZE
     while left:
-        block = await connection.reader.read(min(BLOCK, left))
+        if borrow and not _holds_bytes(reader):
+            block: bytes | memoryview = await connection.protocol.receive(min(BLOCK, left))
+        else:
+            block = await reader.read(min(BLOCK, left))
         if not block:
             raise asyncio.IncompleteReadError(b"", left)
         connection.received(len(block))
