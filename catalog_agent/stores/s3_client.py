@@ -9,8 +9,9 @@ a command the import of urllib3 (tens of milliseconds of a small get's start-up)
 What it speaks is the part of HTTP/1.1 that S3 needs: a request with a Content-Length body
 (bytes, or a range of an open file read as it is sent), a response with a Content-Length,
 chunked or read-to-close body, read strictly (:mod:`.http1`: interim 1xx answers skipped, no
-length guessed), keep-alive, and the proxy botocore would use (:mod:`.proxies`). On the wire
-it does what botocore does (tests/test_wire.py, tests/test_sigv4.py, tests/test_http_client.py):
+length guessed), keep-alive, and the proxy botocore would use (:mod:`.proxies`). A long body
+is received straight into its connection's own buffer and handed on as views of it
+(:mod:`.buffered`). On the wire it does what botocore does (tests/test_wire.py, tests/test_sigv4.py, tests/test_http_client.py):
 the same signature (:mod:`.sigv4`), the same retries, back-off and retry budget
 (:mod:`.retries`), a 200 carrying ``<Error>`` from CompleteMultipartUpload retried; beyond it,
 a skewed clock is corrected from the server's ``Date`` (by a day at most).
