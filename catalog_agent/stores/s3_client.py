@@ -11,10 +11,11 @@ What it speaks is the part of HTTP/1.1 that S3 needs: a request with a Content-L
 chunked or read-to-close body, read strictly (:mod:`.http1`: interim 1xx answers skipped, no
 length guessed), keep-alive, and the proxy botocore would use (:mod:`.proxies`). A long body
 is received straight into its connection's own buffer and handed on as views of it
-(:mod:`.buffered`). On the wire it does what botocore does (tests/test_wire.py, tests/test_sigv4.py, tests/test_http_client.py):
-the same signature (:mod:`.sigv4`), the same retries, back-off and retry budget
-(:mod:`.retries`), a 200 carrying ``<Error>`` from CompleteMultipartUpload retried; beyond it,
-a skewed clock is corrected from the server's ``Date`` (by a day at most).
+(:mod:`.buffered`). On the wire it does what botocore does (tests/test_wire.py,
+tests/test_sigv4.py, tests/test_http_client.py): the same signature (:mod:`.sigv4`), the
+same retries, back-off and retry budget (:mod:`.retries`), a 200 carrying ``<Error>`` from
+CompleteMultipartUpload retried; beyond it, a skewed clock is corrected from the server's
+``Date`` (by a day at most).
 
 A connection is reused only when its response was read to the end and nothing is left in its
 buffer. One watchdog for the whole pool (cheaper than a timer per read) aborts a connection
