@@ -12,7 +12,6 @@ AWS_DEFAULT_REGION, which EKS injects for IRSA and Pod Identity).
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 import re
 from dataclasses import dataclass, field
@@ -190,6 +189,8 @@ def run_prefix(prefix: str, run_id: str) -> str:
 
 
 def _suggest(name: str, valid: list[str]) -> str:
+    import difflib  # here, not at the top: only a misspelt key needs it (start-up time)
+
     close = difflib.get_close_matches(name, valid, n=1, cutoff=0.6)
     return f"; did you mean '{close[0]}'?" if close else ""
 

@@ -21,7 +21,6 @@ the log scrubber (:func:`catalog_agent.logs.add_secrets`) the moment it is known
 
 from __future__ import annotations
 
-import configparser
 import datetime
 import hashlib
 import os
@@ -225,6 +224,8 @@ def _required_variable(name: str, what: str) -> str:
 
 
 def _profile(config: Config) -> botocore.credentials.Credentials:
+    import configparser  # here, not at the top: only a profile needs it (start-up time)
+
     from botocore.credentials import SharedCredentialProvider
 
     path = os.path.expanduser(config.aws_credentials_file)

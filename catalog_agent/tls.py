@@ -29,12 +29,17 @@ if TYPE_CHECKING:
 ENV_BUNDLE = "AWS_CA_BUNDLE"
 
 
-def verify(config: Config) -> str | bool:
+def verify(config: Config, *, find_default: bool = True) -> str | bool:
     """What connections check certificates against: False (not at all) or a CA bundle file.
 
     Passed as ``verify=`` to every botocore client, and to the lean path's pool, explicitly:
     a ``True`` would make botocore skip ``AWS_CA_BUNDLE`` (it reads the variable only when
     ``verify`` is None).
+
+    ``find_default=False``: True instead of botocore's bundle when nothing names one, for the
+    agent's own client, whose :func:`client_context` finds that bundle only when a TLS
+    connection needs it (finding it imports certifi: some 7 ms, wasted on an http endpoint).
+    A named bundle is checked either way.
     """
     if not config.verify_tls:
         _unchecked()
@@ -48,7 +53,7 @@ def verify(config: Config) -> str | bool:
             raise ConfigError(f"{ENV_BUNDLE} {bundle} is not a file",
                               hint="mount the CA bundle there, or unset the variable")
         return _loadable(bundle, f"{ENV_BUNDLE} {bundle}")
-    return default_bundle()
+    return default_bundle() if find_default else True
 
 
 @functools.cache

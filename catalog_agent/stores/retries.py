@@ -16,7 +16,6 @@ Beyond botocore: a ``RequestTimeTooSkewed`` answer corrects the signing clock fr
 
 from __future__ import annotations
 
-import email.utils
 import random
 import threading
 import time
@@ -148,6 +147,8 @@ class RetryPolicy:
         (no header, or the offset already in use: retrying would fail the same way)."""
         if not server_date:
             return None
+        import email.utils  # here, not at the top: only a skewed clock needs it (start-up time)
+
         try:
             server = email.utils.parsedate_to_datetime(server_date).timestamp()
         except (TypeError, ValueError, IndexError, OverflowError):

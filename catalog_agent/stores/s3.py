@@ -128,7 +128,8 @@ class S3Store:
         where = wire.endpoint(_endpoint(config), region=config.region, bucket=config.s3_bucket,
                               addressing_style=config.addressing_style)
         client = S3Client(where, region=config.region, credentials=keys,
-                          attempts=config.max_attempts, verify=tls.verify(config),
+                          attempts=config.max_attempts,
+                          verify=tls.verify(config, find_default=False),
                           on_retry=counter.add, retry_mode=config.retry_mode, stop=cancel)
         return cls(client, config.s3_bucket, attempts=config.max_attempts, extra_args=extra,
                    make_botocore=lambda: s3_client(config, pool_size=pool_size,
