@@ -887,6 +887,28 @@ def test_a_long_body_arrives_whole_through_the_body_buffer(
     assert memoryview in kinds
 
 
+def test_bytes_sent_with_a_long_body_keep_the_connection_out_of_the_pool() -> None:
+    """A long body and, in the same write, bytes after it: they reach the reader (they must
+    not wait in the socket while the connection goes back to the pool, to be read as the
+    next request's answer)."""
+    long = os.urandom(MiB)
+
+    def respond(exchange: Exchange) -> None:
+        if exchange.number == 1:
+            exchange.send(answer(200, long) + answer(200, b"stale"))
+        else:
+            exchange.send(answer(200, b"second"))
+
+    async def work(client: S3Client) -> list[bytes]:
+        got = bytearray()
+        await client.get("k", got.extend)
+        return [bytes(got), (await client.read("k", 100)).data]
+
+    with RawServer(respond) as server:
+        assert run(work, client_for(server.endpoint)) == [long, b"second"]
+    assert server.connections == 2
+
+
 def test_a_long_body_cut_short_hands_on_exactly_what_came() -> None:
     """The server sends 600 KiB of a 1 MiB body, then closes: a BodyCut, and the sink has
     exactly those bytes, once."""
@@ -899,10 +921,15 @@ def test_a_long_body_cut_short_hands_on_exactly_what_came() -> None:
             time.sleep(0.01)
         exchange.close()
 
-    got = bytearray()
+    got, kinds = bytearray(), set()
+
+    def sink(block: bytes | memoryview) -> None:
+        kinds.add(type(block))
+        got.extend(block)
+
     with RawServer(respond) as server:
         with pytest.raises(BodyCut):
-            run(lambda client: client.get("k", got.extend), client_for(server.endpoint,
-                                                                        attempts=3))
+            run(lambda client: client.get("k", sink), client_for(server.endpoint, attempts=3))
     assert bytes(got) == sent
+    assert memoryview in kinds  # through the body buffer
     assert len(server.requests) == 1

@@ -26,15 +26,18 @@ class BodyProtocol(asyncio.StreamReaderProtocol, asyncio.BufferedProtocol):
         super().__init__(reader, loop=loop)
         self._body_reader = reader  # the base class lets go of it when the connection is lost
         self._body: memoryview | None = None  # allocated at the first body that needs it
-        self._space: memoryview | None = None  # where the next bytes may land, while waiting
+        self._waiting = False  # a body read waits: bytes may land in the body buffer
+        self._most = 0  # how many of them belong to the body
         self._filled = 0
         self._into_body = False  # whether the last get_buffer gave the body buffer
         self._body_waiter: asyncio.Future[None] | None = None
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        if self._space is not None and self._filled < len(self._space):
+        if self._waiting and self._filled < self._most:
+            # The whole buffer, not just what the body still needs: bytes sent after the body
+            # (which must keep the connection out of the pool) come with its last ones.
             self._into_body = True
-            return self._space[self._filled:]
+            return self._body[self._filled:]  # type: ignore[index]
         self._into_body = False
         # Copied out in buffer_updated, which the transport calls right after receiving
         # into it, on the same thread: one buffer serves every connection of the loop.
@@ -46,6 +49,10 @@ class BodyProtocol(asyncio.StreamReaderProtocol, asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes: int) -> None:
         if self._into_body:
             self._filled += nbytes
+            if self._filled > self._most:  # past the body: the reader's, in order
+                after = self._body[self._most:self._filled]  # type: ignore[index]
+                self._filled = self._most
+                self.data_received(bytes(after))
             self._wake()
         else:
             self.data_received(bytes(_scratch.buffer[:nbytes]))
@@ -76,15 +83,14 @@ class BodyProtocol(asyncio.StreamReaderProtocol, asyncio.BufferedProtocol):
             return memoryview(b"")
         if self._body is None:
             self._body = memoryview(bytearray(RECEIVE_SIZE))
-        self._space = self._body[:min(most, RECEIVE_SIZE)]
-        self._filled = 0
+        self._most, self._filled, self._waiting = min(most, RECEIVE_SIZE), 0, True
         self._body_waiter = asyncio.get_running_loop().create_future()
         try:
             await self._body_waiter  # bytes keep landing after the wake until this task runs
             filled = self._filled
         finally:
             self._body_waiter = None
-            self._space = None
+            self._waiting = False
         if filled:
             return self._body[:filled]
         error = reader.exception()
