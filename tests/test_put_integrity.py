@@ -178,3 +178,30 @@ def test_a_file_appended_to_throughout_a_put_exits_6(agent, s3, bucket: str,
     assert len(errors) == 1 and "log.txt changed" in errors[0]["event"], errors
     assert "Traceback" not in ran.output
     assert_nothing_inconsistent(s3, bucket)
+
+
+@pytest.mark.parametrize("size, part_size", [
+    (3 * MiB, MiB),  # parts end where the blocks do
+    (3 * MiB + 5, MiB),  # a short last part
+    (5 * MiB + 1, 3 * MiB // 2),  # parts that end inside a block
+    (MiB // 2, MiB),  # one part, shorter than a part
+])
+def test_each_parts_checksum_is_the_sha256_of_its_bytes(tmp_path: Path, size: int,
+                                                        part_size: int) -> None:
+    """The whole file's hash and each part's (hashed on two threads) are those of the bytes,
+    part by part; a stop between blocks stops the hashing."""
+    data = os.urandom(size)
+    (tmp_path / "f").write_bytes(data)
+    fd = os.open(tmp_path / "f", os.O_RDONLY)
+    try:
+        digest = digest_file(fd, size, part_size=part_size)
+        stop = threading.Event()
+        stop.set()
+        with pytest.raises(Exception, match="stopped before the transfer finished"):
+            digest_file(fd, size, part_size=part_size, cancel=stop)
+    finally:
+        os.close(fd)
+    assert digest.sha256 == hashlib.sha256(data).hexdigest()
+    assert digest.part_size == part_size
+    assert list(digest.part_sha256) == [hashlib.sha256(data[start:start + part_size]).digest()
+                                        for start in range(0, size, part_size)]
