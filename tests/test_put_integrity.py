@@ -189,7 +189,7 @@ def test_a_file_appended_to_throughout_a_put_exits_6(agent, s3, bucket: str,
 def test_each_parts_checksum_is_the_sha256_of_its_bytes(tmp_path: Path, size: int,
                                                         part_size: int) -> None:
     """The whole file's hash and each part's (hashed on two threads) are those of the bytes,
-    part by part; a stop between blocks stops the hashing."""
+    part by part; a stop set before the read stops it."""
     data = os.urandom(size)
     (tmp_path / "f").write_bytes(data)
     fd = os.open(tmp_path / "f", os.O_RDONLY)
