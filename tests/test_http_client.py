@@ -848,24 +848,19 @@ def test_a_body_read_that_waits_sees_a_lost_connection() -> None:
 
 @pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
 def test_a_long_body_arrives_whole_through_the_body_buffer(
-        tls: bool, s3_server: devserver.SeaweedServer, bucket: str, s3,  # noqa: ANN001
+        tls: bool, s3_server: devserver.SeaweedServer, bucket: str,
         tls_s3_server: devserver.SeaweedServer, tls_bucket: str,  # noqa: F811
         pki: TestPki) -> None:  # noqa: F811
     """A GET of 5 MiB from SeaweedFS, plain and over TLS: the sink is handed views of the
     connection's buffer (no copies), every byte arrives in order, and the connection is
     reused for the next GET."""
-    import boto3
-
     body = os.urandom(5 * MiB + 123)
     if tls:
         server, name, options = tls_s3_server, tls_bucket, {
             "https": tls_s3_server.https_endpoint, "verify": str(pki.ca)}
-        boto3.client("s3", endpoint_url=server.endpoint, aws_access_key_id=server.access_key,
-                     aws_secret_access_key=server.secret_key, region_name="us-east-1"
-                     ).put_object(Bucket=name, Key="long", Body=body)
     else:
         server, name, options = s3_server, bucket, {}
-        s3.put_object(Bucket=name, Key="long", Body=body)
+    server.client().put_object(Bucket=name, Key="long", Body=body)
     kinds: set[type] = set()
 
     async def work(client: S3Client) -> list[bytes]:
