@@ -29,16 +29,19 @@ class BodyProtocol(asyncio.StreamReaderProtocol, asyncio.BufferedProtocol):
         self._waiting = False  # a body read waits: bytes may land in the body buffer
         self._most = 0  # how many of them belong to the body
         self._filled = 0
-        self._into_body = False  # whether the last get_buffer gave the body buffer
         self._body_waiter: asyncio.Future[None] | None = None
 
+    def _into_body(self) -> bool:
+        """Whether the next bytes land in the body buffer. The same in get_buffer and in the
+        buffer_updated that follows it: the transport calls both at once, with nothing between
+        that could change it."""
+        return self._waiting and self._filled < self._most
+
     def get_buffer(self, sizehint: int) -> memoryview:
-        if self._waiting and self._filled < self._most:
+        if self._into_body():
             # The whole buffer, not just what the body still needs: bytes sent after the body
             # (which must keep the connection out of the pool) come with its last ones.
-            self._into_body = True
             return self._body[self._filled:]  # type: ignore[index]
-        self._into_body = False
         # Copied out in buffer_updated, which the transport calls right after receiving
         # into it, on the same thread: one buffer serves every connection of the loop.
         buffer = getattr(_scratch, "buffer", None)
@@ -47,7 +50,7 @@ class BodyProtocol(asyncio.StreamReaderProtocol, asyncio.BufferedProtocol):
         return buffer
 
     def buffer_updated(self, nbytes: int) -> None:
-        if self._into_body:
+        if self._into_body():
             self._filled += nbytes
             if self._filled > self._most:  # past the body: the reader's, in order
                 after = self._body[self._most:self._filled]  # type: ignore[index]
