@@ -49,15 +49,15 @@ def digest_file(fd: int, size: int, *, part_size: int | None = None,
 
     whole, part = hashlib.sha256(), hashlib.sha256()
     parts: list[bytes] = []
-    in_part = [0]
+    in_part = 0
 
     def part_update(block: memoryview) -> None:
-        nonlocal part
+        nonlocal part, in_part
         part.update(block)
-        in_part[0] += len(block)
-        if in_part[0] == part_size:
+        in_part += len(block)
+        if in_part == part_size:
             parts.append(part.digest())
-            part, in_part[0] = hashlib.sha256(), 0
+            part, in_part = hashlib.sha256(), 0
 
     with ThreadPoolExecutor(1, thread_name_prefix="part-hash") as beside:
         def both(block: memoryview) -> None:
@@ -66,7 +66,7 @@ def digest_file(fd: int, size: int, *, part_size: int | None = None,
             other.result()  # the buffer is read again only once both are done with it
 
         _read_blocks(fd, size, both, cancel, part_size)
-    if in_part[0]:  # the last part, shorter
+    if in_part:  # the last part, shorter
         parts.append(part.digest())
     return Digest(whole.hexdigest(), size, part_size, tuple(parts))
 
