@@ -29,67 +29,86 @@ if TYPE_CHECKING:
 ENV_BUNDLE = "AWS_CA_BUNDLE"
 
 
-def verify(config: Config, *, find_default: bool = True) -> str | bool:
+def verify(config: Config, *, find_default: bool = True, load: bool = True) -> str | bool:
     """What connections check certificates against: False (not at all) or a CA bundle file.
 
     Passed as ``verify=`` to every botocore client, and to the lean path's pool, explicitly:
     a ``True`` would make botocore skip ``AWS_CA_BUNDLE`` (it reads the variable only when
     ``verify`` is None).
 
-    ``find_default=False``: True instead of botocore's bundle when nothing names one, for the
-    agent's own client, whose :func:`client_context` finds that bundle only when a TLS
-    connection needs it (finding it imports certifi: some 7 ms, wasted on an http endpoint).
-    A named bundle is checked either way.
+    ``find_default=False``, ``load=False``: for the agent's own client, which builds its TLS
+    context (:func:`client_context`) only when a connection needs TLS. Then nothing names a
+    bundle gives True instead of botocore's bundle (finding it imports certifi: some 7 ms), and
+    a named bundle is checked to be a readable PEM file but not loaded (loading the system's
+    bundle of public CAs takes some 25 ms, wasted on an http endpoint).
     """
     if not config.verify_tls:
         _unchecked()
         return False
     if config.ca_bundle:  # checked to be a file when the configuration was loaded
         return _loadable(config.ca_bundle, f"ca_bundle {config.ca_bundle} (from "
-                                           f"{config.sources['ca_bundle']})")
+                                           f"{config.sources['ca_bundle']})", load=load)
     bundle = os.environ.get(ENV_BUNDLE, "")
     if bundle:
         if not os.path.isfile(bundle):
             raise ConfigError(f"{ENV_BUNDLE} {bundle} is not a file",
                               hint="mount the CA bundle there, or unset the variable")
-        return _loadable(bundle, f"{ENV_BUNDLE} {bundle}")
+        return _loadable(bundle, f"{ENV_BUNDLE} {bundle}", load=load)
     return default_bundle() if find_default else True
 
 
+# How each named bundle was named (``ca_bundle ... (from ...)``, ``AWS_CA_BUNDLE ...``), for
+# the error of a bundle that fails to load only when a connection first needs it.
+_named: dict[str, str] = {}
+
+_PEM_CERTIFICATE = b"-----BEGIN CERTIFICATE-----"
+
+
 @functools.cache
-def _loadable(bundle: str, named: str) -> str:
-    """``bundle`` once it has loaded as a CA bundle: a DER certificate, an empty file or a
-    Secret mounted under the wrong key would otherwise fail deep in the first connection,
-    as an internal error, without naming the file."""
+def _loadable(bundle: str, named: str, *, load: bool = True) -> str:
+    """``bundle`` once it is a readable file holding PEM certificates (and, with ``load``, once
+    it has loaded as a CA bundle): a DER certificate, an empty file or a Secret mounted under
+    the wrong key would otherwise fail deep in the first connection, as an internal error,
+    without naming the file."""
+    _named.setdefault(bundle, named)
     try:
-        with open(bundle, "rb"):
-            pass
+        with open(bundle, "rb") as file:
+            text = file.read()
     except OSError as exc:  # e.g. a Secret mounted 0400 for another uid
         raise ConfigError(f"{named} cannot be read: {exc.strerror or exc}",
                           hint="the agent's uid must be able to read the CA bundle (a Secret's "
                                "defaultMode, or fsGroup)") from None
-    try:
+    if _PEM_CERTIFICATE not in text:
+        raise _not_a_bundle(named, "no PEM certificate in it")
+    if load:
         client_context(bundle)  # the context the agent's own connections then use
-    except (ssl.SSLError, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or str(exc)
-        raise ConfigError(f"{named} is not a CA bundle: {str(reason).lower().replace('_', ' ')}",
-                          hint="a CA bundle is a PEM file of '-----BEGIN CERTIFICATE-----' "
-                               "blocks (a DER certificate converts with: openssl x509 "
-                               "-inform der -in ca.der -out ca.pem)") from None
     return bundle
+
+
+def _not_a_bundle(named: str, reason: str) -> ConfigError:
+    return ConfigError(f"{named} is not a CA bundle: {reason}",
+                       hint="a CA bundle is a PEM file of '-----BEGIN CERTIFICATE-----' "
+                            "blocks (a DER certificate converts with: openssl x509 "
+                            "-inform der -in ca.der -out ca.pem)")
 
 
 @functools.cache
 def client_context(verify: bool | str) -> ssl.SSLContext:
     """The agent's own connections' TLS, checked against ``verify`` (a CA bundle; botocore's
-    own when True) or unchecked (False): loaded once per process, however many clients."""
+    own when True) or unchecked (False): loaded once per process, however many clients.
+    A bundle that does not load is a :class:`ConfigError` naming it as the user did."""
     if verify is False:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
         return context
-    return ssl.create_default_context(
-        cafile=verify if isinstance(verify, str) else default_bundle())
+    bundle = verify if isinstance(verify, str) else default_bundle()
+    try:
+        return ssl.create_default_context(cafile=bundle)
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or str(exc)
+        raise _not_a_bundle(_named.get(bundle, f"CA bundle {bundle}"),
+                            str(reason).lower().replace("_", " ")) from None
 
 
 @functools.cache
