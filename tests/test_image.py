@@ -251,7 +251,7 @@ def test_image_talks_https_with_a_mounted_ca_bundle(agent_image, tls_s3_server, 
                                                     pki, tmp_path: Path) -> None:  # noqa: F811
     """SeaweedFS over https with the tests' CA, mounted read-only as a Secret would be: put
     (ca_bundle; small and multipart), sync (botocore's client; AWS_CA_BUNDLE) and get
-    (AWS_CA_BUNDLE) work, every byte right."""
+    (AWS_CA_BUNDLE) work, every byte right; so does get with verify_tls false and no CA."""
     out = _data_folder(tmp_path / "out")
     files = {"small.txt": b"over https\n", "large.bin": secrets.token_bytes(17 * 1024 * 1024)}
     for name, data in files.items():
@@ -276,6 +276,15 @@ def test_image_talks_https_with_a_mounted_ca_bundle(agent_image, tls_s3_server, 
     assert get.returncode == 0, get.stderr
     for name, data in files.items():
         assert (into / name).read_bytes() == data, name
+    unchecked = _data_folder(tmp_path / "unchecked")
+    get = run_image(agent_image.tag, "get", "*", "--run-id", "run-2", "--compute-data-folder",
+                    "/data", volumes=[(unchecked, "/data")],
+                    env={**env, "CATALOG_AGENT_VERIFY_TLS": "false"})
+    assert get.returncode == 0, get.stderr
+    assert [json.loads(line)["event"] for line in get.stderr.splitlines()
+            if '"warning"' in line] == ["TLS certificates are not checked"], get.stderr
+    for name, data in files.items():
+        assert (unchecked / name).read_bytes() == data, name
 
 
 def test_image_without_a_ca_refuses_the_certificate_in_one_line(agent_image, tls_s3_server,  # noqa: F811

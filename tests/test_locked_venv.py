@@ -95,7 +95,7 @@ def locked_cli(venv: Path, tmp_path: Path, server: devserver.SeaweedServer, buck
     return Ran(done.returncode, done.stdout, done.stderr)
 
 
-def test_locked_venv_cli_talks_https_with_a_ca_and_refuses_cleanly_without(
+def test_locked_venv_cli_talks_https_with_a_ca_or_unchecked_and_refuses_cleanly_without(
         locked_venv: Path, tls_s3_server: devserver.SeaweedServer, tls_bucket: str,  # noqa: F811
         pki: TestPki, tmp_path: Path) -> None:  # noqa: F811
     out, into = tmp_path / "out", tmp_path / "in"
@@ -125,3 +125,11 @@ def test_locked_venv_cli_talks_https_with_a_ca_and_refuses_cleanly_without(
     for relative, data in files.items():
         assert hashlib.sha256((into / relative).read_bytes()).digest() == \
             hashlib.sha256(data).digest(), relative
+
+    unchecked = tmp_path / "unchecked"
+    get = cli("get", "**", "--compute-data-folder", str(unchecked), CATALOG_AGENT_VERIFY_TLS="false")
+    assert get.code == 0, get.output
+    assert [e["event"] for e in log_events(get.stderr) if e.get("level") == "warning"] == \
+        ["TLS certificates are not checked"], get.stderr
+    for relative, data in files.items():
+        assert (unchecked / relative).read_bytes() == data, relative
