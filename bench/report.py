@@ -72,7 +72,8 @@ def header(results: dict[str, Any]) -> str:
                       if not t.startswith(AGENT))
     lines = [
         f"**{results['date']}, {m['cpus']} × {m['cpu']} (Python {m['python']}, kernel "
-        f"{m['kernel']}), SeaweedFS on loopback; {peers}; the agent at "
+        f"{m['kernel']}), SeaweedFS on loopback"
+        f"{' over https' if results.get('tls') else ''}; {peers}; the agent at "
         f"{results.get('agent_commit', '?')}"
         + (f", its baseline at {baseline['ref']} ({baseline['sha'][:12]})" if baseline else "")
         + ".**",

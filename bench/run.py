@@ -104,6 +104,17 @@ def unhashed_lines(path: Path) -> int:
         return sum(1 for line in source if line.split(None, 2)[1:2] == [b"-"])
 
 
+def server_tls(folder: Path) -> Any:
+    """A certificate for the server from a CA made for this run (the tests' own PKI), as
+    production S3 is https: every tool then pays for TLS as it would there."""
+    from catalog_agent import devserver
+    from tests.tls_support import TestPki
+
+    pki = TestPki(folder)
+    leaf = pki.leaf("seaweedfs")
+    return devserver.Tls(leaf.cert, leaf.key, pki.ca)
+
+
 def load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
@@ -140,15 +151,17 @@ class Bench:
             folder, keep = self.root / "server", False
             shutil.rmtree(folder, ignore_errors=True)
         started = time.monotonic()
-        self.server = devserver.start(folder, keep=keep)
-        print(f"SeaweedFS at {self.server.endpoint} ({folder}{', kept' if keep else ''}), "
+        tls = server_tls(self.work / "pki") if args.tls else None
+        self.server = devserver.start(folder, keep=keep, tls=tls)
+        endpoint = self.server.https_endpoint if tls else self.server.endpoint
+        print(f"SeaweedFS at {endpoint} ({folder}{', kept' if keep else ''}), "
               f"ready in {time.monotonic() - started:.0f} s", flush=True)
         self.client = self.server.client()
         for bucket in self.client.list_buckets().get("Buckets", []):
             if bucket["Name"].startswith("put-"):  # left by an interrupted run on a kept server
                 self.delete_bucket(bucket["Name"])
-        self.tools = Tools(Target(self.server.endpoint, self.server.access_key,
-                                  self.server.secret_key, self.work), self.baseline)
+        self.tools = Tools(Target(endpoint, self.server.access_key, self.server.secret_key,
+                                  self.work, str(tls.ca_bundle) if tls else ""), self.baseline)
         self.seeder = Seeder(self.client, self.tools, self.data, self.run_tool)
 
     def close(self) -> None:
@@ -351,6 +364,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                              "stop: the seeding's load is over before a measured run starts")
     parser.add_argument("--scale", type=float, default=1.0,
                         help="multiply every set's file count (e.g. 0.01 to try the tooling)")
+    parser.add_argument("--tls", action="store_true",
+                        help="S3 over https, with a certificate of a CA made for the run that "
+                             "every tool is told to trust (AWS_CA_BUNDLE, RCLONE_CA_CERT)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per tool run")
     parser.add_argument("--json", default="", help="results file (default bench/results/<time>.json)")
     args = parser.parse_args(argv)
@@ -407,6 +423,7 @@ def main(argv: list[str] | None = None) -> int:
         "seeding_seconds": bench.seeder.seconds,
         "load": {"start": load_start, "end": load()},
         "quick": args.quick,
+        "tls": args.tls,
         "scale": args.scale,
         "runs": args.runs,
         "machine": machine(),

@@ -49,6 +49,7 @@ class Target:
     access_key: str
     secret_key: str
     work: Path  # scratch folder for config and logs
+    ca_bundle: str = ""  # with --tls: the CA of the server's certificate, trusted by every tool
 
 
 def s5cmd_binary() -> str:
@@ -107,6 +108,9 @@ class Tools:
             "AWS_SHARED_CREDENTIALS_FILE": str(target.work / "no-aws-credentials"),
             "HOME": str(target.work),
         }
+        if target.ca_bundle:  # each tool's own way of trusting one more CA
+            self.base_env["AWS_CA_BUNDLE"] = target.ca_bundle  # the agent, s5cmd, aws-cli
+            self.base_env["RCLONE_CA_CERT"] = target.ca_bundle
 
     def _agent(self, tool: str) -> list[str]:
         if tool == AGENT:
