@@ -71,11 +71,19 @@ def digest_file(fd: int, size: int, *, part_size: int | None = None,
     return Digest(whole.hexdigest(), size, part_size, tuple(parts))
 
 
+# One read buffer per thread, kept: a fresh CHUNK-sized buffer for every file hashed left the
+# allocator's per-thread arenas holding more at peak (a put of 200 × 4 MiB: 47 MiB, not 39).
+_reading = threading.local()
+
+
 def _read_blocks(fd: int, size: int, use: Callable[[memoryview], None],
                  cancel: threading.Event | None, part_size: int | None = None) -> None:
     """Hand ``size`` bytes of ``fd`` to ``use`` in blocks of CHUNK at most, none crossing a
-    multiple of ``part_size``; each block is a view of one buffer, read again after ``use``."""
-    view = memoryview(bytearray(CHUNK))
+    multiple of ``part_size``; each block is a view of this thread's buffer, read again after
+    ``use`` returns (so ``use`` must be done with it by then)."""
+    view: memoryview | None = getattr(_reading, "buffer", None)
+    if view is None:
+        view = _reading.buffer = memoryview(bytearray(CHUNK))
     offset = 0
     while offset < size:
         if cancel is not None and cancel.is_set():
