@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import ssl
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -61,7 +62,9 @@ def verify(config: Config, *, find_default: bool = True, load: bool = True) -> s
 # the error of a bundle that fails to load only when a connection first needs it.
 _named: dict[str, str] = {}
 
-_PEM_CERTIFICATE = b"-----BEGIN CERTIFICATE-----"
+# The PEM labels OpenSSL loads a certificate from: RHEL's ca-bundle.trust.crt uses TRUSTED.
+_PEM_CERTIFICATE = re.compile(rb"-----BEGIN (?:TRUSTED |X509 )?CERTIFICATE-----")
+_SCAN = 1 << 20  # a bundle is scanned for that label this much at a time
 
 
 @functools.cache
@@ -70,15 +73,18 @@ def _loadable(bundle: str, named: str, *, load: bool = True) -> str:
     it has loaded as a CA bundle): a DER certificate, an empty file or a Secret mounted under
     the wrong key would otherwise fail deep in the first connection, as an internal error,
     without naming the file."""
-    _named.setdefault(bundle, named)
+    _named[bundle] = named
     try:
         with open(bundle, "rb") as file:
-            text = file.read()
+            found, tail = False, b""
+            while not found and (block := file.read(_SCAN)):
+                found = _PEM_CERTIFICATE.search(tail + block) is not None
+                tail = block[-64:]  # a label cut between two blocks
     except OSError as exc:  # e.g. a Secret mounted 0400 for another uid
         raise ConfigError(f"{named} cannot be read: {exc.strerror or exc}",
                           hint="the agent's uid must be able to read the CA bundle (a Secret's "
                                "defaultMode, or fsGroup)") from None
-    if _PEM_CERTIFICATE not in text:
+    if not found:
         raise _not_a_bundle(named, "no PEM certificate in it")
     if load:
         client_context(bundle)  # the context the agent's own connections then use
@@ -107,8 +113,9 @@ def client_context(verify: bool | str) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=bundle)
     except (ssl.SSLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or str(exc)
+        reason = re.sub(r"\s*\(_ssl\.c:\d+\)$", "", str(reason))  # CPython's source line
         raise _not_a_bundle(_named.get(bundle, f"CA bundle {bundle}"),
-                            str(reason).lower().replace("_", " ")) from None
+                            reason.lower().replace("_", " ")) from None
 
 
 @functools.cache

@@ -190,6 +190,23 @@ def assert_not_a_bundle(ran: Ran, bundle: Path) -> None:
     assert ran.code == 2, ran.output
     assert "Traceback" not in ran.output and "internal error" not in ran.output
     assert str(bundle) in ran.stderr and "is not a CA bundle" in ran.stderr, ran.stderr
+    assert "ssl.c" not in ran.stderr, ran.stderr  # ssl's words, not CPython's source line
+
+
+@pytest.mark.parametrize("label", ["TRUSTED CERTIFICATE", "X509 CERTIFICATE"])
+def test_a_bundle_in_openssls_other_pem_labels_is_trusted(
+        label: str, tls_s3_server: devserver.SeaweedServer,  # noqa: F811
+        tls_bucket: str, pki: TestPki, tmp_path: Path) -> None:  # noqa: F811
+    """OpenSSL loads certificates under these labels too (RHEL's ca-bundle.trust.crt is all
+    TRUSTED CERTIFICATE): such a bundle is a bundle, over https and over http."""
+    body = ssl.DER_cert_to_PEM_cert(ssl.PEM_cert_to_DER_cert(pki.ca.read_text()))
+    bundle = tmp_path / "ca-bundle.trust.crt"
+    bundle.write_text(body.replace("CERTIFICATE-----", f"{label}-----"))
+    for endpoint in (tls_s3_server.https_endpoint, tls_s3_server.endpoint):
+        agent = seaweed_agent(tmp_path, tls_s3_server, tls_bucket,
+                              {"CATALOG_AGENT_ENDPOINT_URL": endpoint, "AWS_CA_BUNDLE": str(bundle)})
+        ran = agent("ls")
+        assert ran.code == 0, ran.output
 
 
 @pytest.mark.parametrize("content", ["der", "empty", "corrupt"])
@@ -211,9 +228,10 @@ def test_an_http_endpoint_checks_a_bundle_but_never_loads_it(
         variable: str, tls_s3_server: devserver.SeaweedServer,  # noqa: F811
         tls_bucket: str, pki: TestPki, tmp_path: Path) -> None:  # noqa: F811
     """Over http the agent's own client needs no CA: a named bundle is still checked to be a
-    readable PEM file (a DER certificate or an empty file is exit 2 on any endpoint), but it
-    is never loaded, so PEM armour around bytes that are no certificate goes unnoticed.
-    (Loading a bundle of public CAs costs some 25 ms of every start.)"""
+    readable PEM file (a DER certificate or an empty file is exit 2 on any endpoint), but with
+    static keys it is never loaded, so PEM armour around bytes that are no certificate goes
+    unnoticed. (Loading a bundle of public CAs costs some 25 ms of every start.) STS, for
+    IRSA or a role, and sync's copies load it when they first connect, over https."""
     settings = {"CATALOG_AGENT_ENDPOINT_URL": tls_s3_server.endpoint}
     for content in ("der", "empty"):
         bundle = not_a_bundle(tmp_path, pki, content)
