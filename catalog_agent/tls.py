@@ -30,32 +30,32 @@ if TYPE_CHECKING:
 ENV_BUNDLE = "AWS_CA_BUNDLE"
 
 
-def verify(config: Config, *, find_default: bool = True, load: bool = True) -> str | bool:
+def verify(config: Config, *, lazy: bool = False) -> str | bool:
     """What connections check certificates against: False (not at all) or a CA bundle file.
 
     Passed as ``verify=`` to every botocore client, and to the lean path's pool, explicitly:
     a ``True`` would make botocore skip ``AWS_CA_BUNDLE`` (it reads the variable only when
     ``verify`` is None).
 
-    ``find_default=False``, ``load=False``: for the agent's own client, which builds its TLS
-    context (:func:`client_context`) only when a connection needs TLS. Then nothing names a
-    bundle gives True instead of botocore's bundle (finding it imports certifi: some 7 ms), and
-    a named bundle is checked to be a readable PEM file but not loaded (loading the system's
-    bundle of public CAs takes some 25 ms, wasted on an http endpoint).
+    ``lazy``: for the agent's own client, which builds its TLS context (:func:`client_context`)
+    only when a connection needs TLS. Then nothing named gives True instead of botocore's
+    bundle (finding it imports certifi: some 7 ms), and a named bundle is checked to be a
+    readable PEM file but not loaded (loading the system's bundle of public CAs takes some
+    25 ms, wasted on an http endpoint).
     """
     if not config.verify_tls:
         _unchecked()
         return False
     if config.ca_bundle:  # checked to be a file when the configuration was loaded
         return _loadable(config.ca_bundle, f"ca_bundle {config.ca_bundle} (from "
-                                           f"{config.sources['ca_bundle']})", load=load)
+                                           f"{config.sources['ca_bundle']})", load=not lazy)
     bundle = os.environ.get(ENV_BUNDLE, "")
     if bundle:
         if not os.path.isfile(bundle):
             raise ConfigError(f"{ENV_BUNDLE} {bundle} is not a file",
                               hint="mount the CA bundle there, or unset the variable")
-        return _loadable(bundle, f"{ENV_BUNDLE} {bundle}", load=load)
-    return default_bundle() if find_default else True
+        return _loadable(bundle, f"{ENV_BUNDLE} {bundle}", load=not lazy)
+    return True if lazy else default_bundle()
 
 
 # How each named bundle was named (``ca_bundle ... (from ...)``, ``AWS_CA_BUNDLE ...``), for

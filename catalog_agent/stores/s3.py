@@ -129,7 +129,7 @@ class S3Store:
                               addressing_style=config.addressing_style)
         client = S3Client(where, region=config.region, credentials=keys,
                           attempts=config.max_attempts,
-                          verify=tls.verify(config, find_default=False, load=False),
+                          verify=tls.verify(config, lazy=True),
                           on_retry=counter.add, retry_mode=config.retry_mode, stop=cancel)
         return cls(client, config.s3_bucket, attempts=config.max_attempts, extra_args=extra,
                    make_botocore=lambda: s3_client(config, pool_size=pool_size,
